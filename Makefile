@@ -1,0 +1,30 @@
+# Two entry points (README): `make study` and `make test`. Both create .venv when missing.
+PY      := .venv/bin/python
+VENV_OK := .venv/.installed
+export PYTHONPATH := $(CURDIR)
+export MPLBACKEND := Agg
+
+.PHONY: study test sync-check venv clean
+
+$(VENV_OK): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(VENV_OK)
+
+venv: $(VENV_OK)
+
+study: $(VENV_OK)
+	.venv/bin/ecg-study run --plan quick
+
+sync-check: $(VENV_OK)
+	bash .ci/sync_check
+
+test: sync-check
+	$(PY) -m pytest -q -n 2 tests
+
+clean:
+	rm -rf reports/quick data/synthetic data/processed
