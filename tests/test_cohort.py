@@ -1,0 +1,282 @@
+"""End-to-end tests of ecg_study.cohort on hand-built raw MIMIC tables (expected values computed by hand)."""
+import json, os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import wfdb
+
+from ecg_study.core import MIMIC_LEADS, STUDY_LEADS
+from ecg_study.cohort import prepare, load_prepared, label_columns, feature_columns, export_mds_ed_file
+
+T0 = datetime(2150, 3, 1, 10, 0)
+A, B, C, D, E = 1001, 1002, 1003, 1004, 1005          # special patients
+FILLERS = list(range(2001, 2041))                      # 40 ordinary patients (folds, prevalences)
+
+def t(minutes: float, base=T0) -> str: return (base + timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M:%S")
+
+def ecg_signal(seed: int) -> np.ndarray:
+    "10 s, 500 Hz, MIMIC lead order, limb leads consistent (III = II − I, Goldberger), amplitudes < 3 mV."
+    n = np.arange(5000) / 500
+    i = 0.5 * np.sin(2 * np.pi * 1.1 * n + seed)
+    ii = 0.8 * np.sin(2 * np.pi * 0.7 * n + 0.3 * seed) + 0.2
+    lead = {"I": i, "II": ii, "III": ii - i, "aVR": -(i + ii) / 2, "aVL": i - ii / 2, "aVF": ii - i / 2}
+    for k in range(1, 7): lead[f"V{k}"] = 0.1 * k * np.cos(2 * np.pi * 0.5 * k * n)
+    return np.stack([lead[l] for l in MIMIC_LEADS], 1)
+
+def write_record(ecg: Path, subject: int, study: int, leads=MIMIC_LEADS, truncate=False) -> str:
+    rel = f"files/p{str(subject)[:4]}/p{subject}/s{study}/{study}"
+    d = ecg / Path(rel).parent; d.mkdir(parents=True, exist_ok=True)
+    x = ecg_signal(study % 7)[:, [MIMIC_LEADS.index(l) for l in leads]]
+    wfdb.wrsamp(str(study), fs=500, units=["mV"] * len(leads), sig_name=list(leads), p_signal=x,
+                fmt=["16"] * len(leads), write_dir=str(d))
+    if truncate:
+        dat = d / f"{study}.dat"; dat.write_bytes(dat.read_bytes()[:1000])
+    return rel
+
+def gz(df: pd.DataFrame, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True); df.to_csv(path, index=False, compression="gzip")
+
+LE_COLS = ["labevent_id", "subject_id", "hadm_id", "specimen_id", "itemid", "order_provider_id", "charttime", "storetime",
+           "value", "valuenum", "valueuom", "ref_range_lower", "ref_range_upper", "flag", "priority", "comments"]
+
+def build_raw(root: Path) -> Path:
+    "Tiny raw MIMIC layout. Patient A carries the hand-checked edge cases."
+    ecg = root / "ecg"
+    subjects = [A, B, C, D, E] + FILLERS
+    patients = pd.DataFrame({"subject_id": subjects, "gender": ["M" if s % 2 else "F" for s in subjects],
+                             "anchor_age": [40 + (s % 40) for s in subjects], "anchor_year": 2148,
+                             "anchor_year_group": "2014 - 2016", "dod": ""})
+    stays, records, vitals, labs, dx_hosp, dx_ed, omr, triage = [], [], [], [], [], [], [], []
+    for k, s in enumerate(subjects):
+        stay, hadm = 30000 + k, (40000 + k if s not in (B, FILLERS[5]) else None)
+        stays.append(dict(subject_id=s, hadm_id=hadm, stay_id=stay, intime=t(0), outtime=t(600), gender="",
+                          race=["WHITE", "BLACK/AFRICAN AMERICAN", "ASIAN - CHINESE", "HISPANIC/LATINO - CUBAN",
+                                "UNKNOWN", "AMERICAN INDIAN/ALASKA NATIVE"][k % 6], arrival_transport="WALK IN",
+                          disposition="HOME"))
+        triage.append(dict(subject_id=s, stay_id=stay, temperature="", heartrate="", resprate="", o2sat="", sbp="",
+                           dbp="", pain="", acuity=(k % 5) + 1, chiefcomplaint="CHEST PAIN"))
+        study = 50000000 + k * 10
+        if s == A:   # +90 min included, +91 excluded, +10 min included
+            for j, m in enumerate([90, 91, 10]): records.append((s, study + j, m))
+        else: records.append((s, study, 5))
+        if s not in (B, C): dx_hosp += [(s, hadm, 1, "I2510", 10)] if s == A or k % 2 else [(s, hadm, 1, "4280", 9)]
+        if s == A: dx_hosp.append((s, hadm, 2, "4019", 9)); dx_ed.append((s, stay, 1, "Z000", 10))
+        if s in (B, FILLERS[5]): dx_ed.append((s, stay, 1, "R07.9", 10))
+        if s == FILLERS[6]: dx_hosp.append((s, hadm, 2, "J189", 10))   # count 1 < min_label_count
+        if s in FILLERS:   # potassium at +5 min, alternately low/normal/high
+            labs.append(dict(subject_id=s, itemid=50971, charttime=t(5), value=str(v := [3.0, 4.0, 6.0][k % 3]), valuenum=v,
+                             ref_range_lower=[3.2, 3.3, 3.6][k % 4 % 3], ref_range_upper=[5.0, 5.2, 5.4][k % 5 % 3]))
+            vitals.append(dict(subject_id=s, stay_id=stay, charttime=t(1), temperature=98.6, heartrate=70 + k,
+                               resprate=16, o2sat=98, sbp=120, dbp=80, rhythm="", pain=""))
+    # patient A: vitals around the window edges (-1 and +91 excluded), SpO2 101 is an outlier
+    stayA = 30000
+    for m, hr, temp, o2 in [(-1, 200, 98.6, 97), (0, 80, 98.6, 97), (30, 100, 100.4, 101), (90, 90, 37.5, 99), (91, 300, 98.6, 90)]:
+        vitals.append(dict(subject_id=A, stay_id=stayA, charttime=t(m), temperature=temp, heartrate=hr, resprate=18,
+                           o2sat=o2, sbp=130, dbp=85, rhythm="", pain=""))
+    # patient A: potassium (blood 50971) – window edges, ±60 min closest value with a tie, text quirks
+    for m, v, lo, hi in [(-5, 3.0, 3.5, 5.3), (0, 4.0, 3.4, None), (60, 5.5, None, None), (90, 5.0, 3.3, 5.1),
+                         (91, 9.0, None, None), (155, 2.0, None, None)]:
+        labs.append(dict(subject_id=A, itemid=50971, charttime=t(m), value=str(v), valuenum=v, ref_range_lower=lo,
+                         ref_range_upper=hi))
+    labs += [dict(subject_id=A, itemid=50971, charttime=t(20), value="___", valuenum=None, ref_range_lower=3.3, ref_range_upper=5.1),
+             dict(subject_id=A, itemid=50971, charttime=t(21), value=">10", valuenum=None, ref_range_lower=3.3, ref_range_upper=5.1)]
+    # creatinine: urine item (51082) is more frequent than blood (50912) -> urine chosen
+    labs += [dict(subject_id=A, itemid=51082, charttime=t(m), value=str(v), valuenum=v, ref_range_lower=None, ref_range_upper=None)
+             for m, v in [(10, 100.0), (40, 130.0), (70, 160.0)]]
+    labs.append(dict(subject_id=A, itemid=50912, charttime=t(10), value="1.0", valuenum=1.0, ref_range_lower=0.5, ref_range_upper=1.2))
+    # biometrics of A: weight 200 lbs at -10 d (180 lbs at +40 d is outside ±30 d), BMI 150 outlier, BMI 28 at -20 d
+    omr = [(A, "2150-02-19", 1, "Weight (Lbs)", "200"), (A, "2150-04-10", 1, "Weight (Lbs)", "180"),
+           (A, "2150-02-27", 1, "Height (Inches)", "70"), (A, "2150-02-28", 1, "BMI (kg/m2)", "150"),
+           (A, "2150-02-09", 1, "BMI (kg/m2)", "28"), (A, "2150-02-28", 1, "Blood Pressure", "120/80")]
+    # write tables
+    hosp, ed = root / "hosp", root / "ed"
+    gz(patients, hosp / "patients.csv.gz")
+    adm = pd.DataFrame([dict(subject_id=s["subject_id"], hadm_id=s["hadm_id"], admittime=t(120), dischtime=t(5000))
+                        for s in stays if s["hadm_id"]])
+    gz(adm, hosp / "admissions.csv.gz")
+    gz(pd.DataFrame(dx_hosp, columns=["subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"]), hosp / "diagnoses_icd.csv.gz")
+    gz(pd.DataFrame({"itemid": [50971, 51097, 50912, 51082], "label": ["Potassium", "Potassium", "Creatinine", "Creatinine"],
+                     "fluid": ["Blood", "Urine", "Blood", "Urine"], "category": "Chemistry"}), hosp / "d_labitems.csv.gz")
+    le = pd.DataFrame(labs); le["labevent_id"] = range(len(le)); le["hadm_id"] = ""; le["specimen_id"] = range(len(le))
+    le["storetime"] = le["charttime"]
+    for c in LE_COLS:
+        if c not in le: le[c] = ""
+    gz(le[LE_COLS], hosp / "labevents.csv.gz")
+    gz(pd.DataFrame(omr, columns=["subject_id", "chartdate", "seq_num", "result_name", "result_value"]), hosp / "omr.csv.gz")
+    gz(pd.DataFrame(stays), ed / "edstays.csv.gz")
+    gz(pd.DataFrame(triage), ed / "triage.csv.gz")
+    gz(pd.DataFrame(vitals), ed / "vitalsign.csv.gz")
+    gz(pd.DataFrame(dx_ed, columns=["subject_id", "stay_id", "seq_num", "icd_code", "icd_version"]).assign(icd_title=""),
+       ed / "diagnosis.csv.gz")
+    rl = []
+    for s, study, m in records:
+        rel = write_record(ecg, s, study, leads=MIMIC_LEADS[:11] if s == E else MIMIC_LEADS, truncate=(s == D))
+        rl.append(dict(subject_id=s, study_id=study, file_name=str(study), ecg_time=t(m), path=rel))
+    pd.DataFrame(rl).to_csv(ecg / "record_list.csv", index=False)
+    return root
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    raw = build_raw(tmp_path_factory.mktemp("raw"))
+    out = tmp_path_factory.mktemp("prep") / "ds"
+    m = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
+    cohort, sig, m2 = load_prepared(out)
+    return raw, out, m, cohort, sig
+
+def row(cohort, subject, minutes=None):
+    r = cohort[cohort.subject_id == subject]
+    if minutes is not None: r = r[r.ecg_time == pd.Timestamp(t(minutes))]
+    assert len(r) == 1, r
+    return r.iloc[0]
+
+def test_window_edges_and_counts(prepared):
+    raw, out, m, cohort, sig = prepared
+    a = cohort[cohort.subject_id == A]
+    assert sorted(a.ecg_time) == [pd.Timestamp(t(10)), pd.Timestamp(t(90))]     # +91 min excluded
+    assert sorted(a.ecg_no_within_stay) == [0, 1]
+    c = m["counts"]
+    n_rec = 3 + 4 + len(FILLERS)
+    assert c["ecgs_seen"] == n_rec and c["ecgs_in_window"] == n_rec - 1
+    assert c["ecgs_with_diagnoses"] == n_rec - 2                                 # C has no diagnoses
+    assert C not in set(cohort.subject_id)
+    assert c["ecgs_with_signal"] == n_rec - 4 == len(cohort) == len(sig)         # D truncated, E missing a lead
+    assert sum(m["skipped"].values()) == 2 and {D, E}.isdisjoint(cohort.subject_id)
+
+def test_vitals_stats_and_outliers(prepared):
+    a = row(prepared[3], A, 10)
+    # heart rate in window: (0, 80), (30, 100), (90, 90)
+    assert a.vitals_heartrate_mean == 90 and a.vitals_heartrate_median == 90
+    assert (a.vitals_heartrate_min, a.vitals_heartrate_max) == (80, 100)
+    assert a.vitals_heartrate_std == pytest.approx(10.0)
+    assert (a.vitals_heartrate_first, a.vitals_heartrate_last) == (80, 90)
+    assert a.vitals_heartrate_rate_change == pytest.approx((90 - 80) / 80)
+    x, y = np.array([0, 30, 90.]), np.array([80, 100, 90.])
+    assert a.vitals_heartrate_coeff == pytest.approx(np.polyfit(x, y, 1)[0])
+    # temperature °F -> °C; 37.5 is already °C
+    assert a.vitals_temperature_first == pytest.approx(37.0) and a.vitals_temperature_max == pytest.approx(38.0)
+    assert a.vitals_temperature_last == pytest.approx(37.5)
+    # SpO2 101 -> NaN before the statistics
+    assert (a.vitals_o2sat_max, a.vitals_o2sat_min, a.vitals_o2sat_mean) == (99, 97, 98)
+    f = row(prepared[3], FILLERS[0])
+    assert np.isnan(f.vitals_heartrate_std) and np.isnan(f.vitals_heartrate_coeff)   # one value
+    assert f.vitals_acuity in (1, 2, 3, 4, 5)
+
+def test_demographics_and_biometrics(prepared):
+    a = row(prepared[3], A, 10)
+    assert a.demographics_age == 40 + A % 40 + 2 and a.demographics_gender == 1
+    assert a.demographics_ethnicity_white == 1 and a["demographics_ethnicity_black/african"] == 0
+    assert a.biometrics_weight == pytest.approx(200 * 0.45359237)
+    assert a.biometrics_height == pytest.approx(70 * 2.54)
+    assert a.biometrics_bmi == 28                                           # 150 is an outlier
+    e = prepared[3][prepared[3].subject_id == FILLERS[0]].iloc[0]
+    assert np.isnan(e.biometrics_weight)
+
+def test_lab_stats_fluid_and_quirks(prepared):
+    a = row(prepared[3], A, 10)
+    # potassium in [intime, +90]: (0, 4.0), (60, 5.5), (90, 5.0); -5, +91 excluded, text values ignored
+    assert a["labvalues_potassium_mean"] == pytest.approx(14.5 / 3)
+    assert (a.labvalues_potassium_first, a.labvalues_potassium_last) == (4.0, 5.0)
+    assert a.labvalues_potassium_rate_change == pytest.approx(0.25)
+    assert a.labvalues_potassium_coeff == pytest.approx(np.polyfit([0, 60, 90], [4.0, 5.5, 5.0], 1)[0])
+    # creatinine: the urine item is the most frequent fluid
+    assert a.labvalues_creatinine_mean == 130 and a.labvalues_creatinine_first == 100
+
+def test_ref_range_medians_and_closest_labels(prepared):
+    raw, out, m, cohort, sig = prepared
+    thr = {r["stem"]: r for r in m["lab_thresholds"]}
+    # potassium rows with ranges: the fillers' varying ranges, and A's: (3.5, 5.3), (3.4, -), (3.3, 5.1), 2 text rows (3.3, 5.1)
+    ks = range(5, 5 + len(FILLERS))
+    lows = [[3.2, 3.3, 3.6][k % 4 % 3] for k in ks] + [3.5, 3.4, 3.3, 3.3, 3.3]
+    highs = [[5.0, 5.2, 5.4][k % 5 % 3] for k in ks] + [5.3, 5.1, 5.1, 5.1]
+    assert np.median(lows) != 3.3 or np.median(highs) != 5.1          # the medians are not trivial
+    assert thr["potassium"]["ref_low"] == np.median(lows) and thr["potassium"]["ref_high"] == np.median(highs)
+    assert thr["creatinine"]["fluid"] == "Urine" and thr["creatinine"]["ref_low"] is None
+    assert "lababn_creatinine_low" not in cohort                   # no reference range -> no label
+    a10, a90 = row(cohort, A, 10), row(cohort, A, 90)
+    # ECG +10: candidates -5 (3.0, 15 min), 0 (4.0, 10 min), 60 (5.5, 50 min) -> 4.0 normal
+    assert (a10.lababn_potassium_low, a10.lababn_potassium_high) == (0, 0)
+    # ECG +90: 60 (5.5) and 90 (5.0) and 91 (9.0); closest is 90 -> 5.0, not high
+    assert a90.lababn_potassium_high == 0
+    f = [row(cohort, s) for s in FILLERS[:3]]
+    # fillers k = 5, 6, 7 have potassium 6.0, 3.0, 4.0
+    assert [r.lababn_potassium_low for r in f] == [0, 1, 0] and [r.lababn_potassium_high for r in f] == [1, 0, 0]
+    b = row(cohort, B)
+    assert np.isnan(b.lababn_potassium_low)                        # not measured
+    assert cohort["lababn_potassium_low"].dtype == np.float32
+
+def test_closest_lab_tie(tmp_path):
+    "Equidistant values before and after the ECG: the earlier one wins."
+    import duckdb
+    from ecg_study.cohort import closest_lab_values
+    con = duckdb.connect()
+    con.sql(f"""CREATE TABLE samples AS SELECT 1 AS study_id, 7 AS stay_id, TIMESTAMP '{t(30)}' AS ecg_time""")
+    con.sql(f"""CREATE TABLE lab_rows AS SELECT * FROM (VALUES
+      (7, 'potassium', TIMESTAMP '{t(20)}', 3.0), (7, 'potassium', TIMESTAMP '{t(40)}', 6.0),
+      (7, 'sodium', TIMESTAMP '{t(35)}', 140.0), (7, 'sodium', TIMESTAMP '{t(35)}', 130.0),
+      (7, 'glucose', TIMESTAMP '{t(91)}', 100.0)) t(stay_id, stem, charttime, v)""")
+    v = closest_lab_values(con).loc[1]
+    assert v["potassium"] == 3.0 and v["sodium"] == 135.0 and np.isnan(v["glucose"])   # +61 min: outside
+
+def test_diagnoses_mapping_and_ancestors(prepared):
+    cohort = prepared[3]
+    a, b = row(cohort, A, 10), row(cohort, B)
+    for code in ("i25", "i251", "i2510", "i10"): assert a[f"diagnoses_{code}"] == 1        # ICD-9 4019 -> I10
+    assert "diagnoses_z000" not in cohort or a["diagnoses_z000"] == 0    # ED codes ignored when hosp codes exist
+    assert b["diagnoses_r07"] == 1 and b["diagnoses_r079"] == 1          # ED codes (dots removed)
+    assert row(cohort, FILLERS[5])["diagnoses_r079"] == 1 and cohort["diagnoses_r079"].sum() == 2
+    assert "diagnoses_j18" not in cohort and "diagnoses_j189" not in cohort   # below min_label_count
+    f = [row(cohort, s) for s in FILLERS[:2]]    # even k: ICD-9 4280 -> I509
+    assert {f[0]["diagnoses_i509"], f[1]["diagnoses_i509"]} == {0, 1}
+    assert all(cohort[c].dtype == np.int8 for c in label_columns(cohort))
+    assert prepared[2]["counts"]["icd9_codes"] > 0
+
+def test_folds_grouped(prepared):
+    cohort = prepared[3]
+    assert (cohort.groupby("subject_id")["fold"].nunique() == 1).all()
+    assert cohort.fold.between(0, 19).all()
+
+def test_lead_order(prepared):
+    sig = prepared[4]
+    L = {l: i for i, l in enumerate(STUDY_LEADS)}
+    s = np.asarray(sig[:5], dtype=np.float64)
+    assert np.abs(s[..., L["III"]] - (s[..., L["II"]] - s[..., L["I"]])).max() < 0.02
+    assert np.abs(s[..., L["aVL"]] - (s[..., L["I"]] - s[..., L["II"]] / 2)).max() < 0.02
+    assert np.abs(s[..., L["aVF"]] - (s[..., L["II"]] - s[..., L["I"]] / 2)).max() < 0.02
+    assert sig.shape[1:] == (1000, 12) and sig.dtype == np.float32
+
+def test_manifest_and_rerun_noop(prepared):
+    raw, out, m, cohort, sig = prepared
+    from ecg_study.cohort import sha256_file
+    assert m["checksums"]["cohort.parquet"] == sha256_file(out / "cohort.parquet")
+    assert set(m["labels"]["diagnoses"]) == set(label_columns(cohort))
+    mt = (out / "cohort.parquet").stat().st_mtime_ns, (out / "signals.npy").stat().st_mtime_ns
+    m2 = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
+    assert m2 == m and mt == ((out / "cohort.parquet").stat().st_mtime_ns, (out / "signals.npy").stat().st_mtime_ns)
+    assert not (out / ".work").exists()
+    (out / "manifest.json").unlink()          # an interrupted run leaves no manifest: the rerun rebuilds the same dataset
+    m3 = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
+    assert m3["checksums"] == m["checksums"]
+
+def test_mds_ed_roundtrip(prepared, tmp_path):
+    raw, out, m, cohort, sig = prepared
+    csv = export_mds_ed_file(out, tmp_path / "mds_ed.csv")
+    m2 = prepare("mds_ed", csv, tmp_path / "ds", ecg=raw / "ecg", min_lab_pos=0, n_jobs=1, progress=False)
+    c2, s2, _ = load_prepared(tmp_path / "ds")
+    feats, dx = feature_columns(cohort), label_columns(cohort)
+    pd.testing.assert_frame_equal(c2[feats], cohort[feats], check_dtype=False)
+    pd.testing.assert_frame_equal(c2[dx], cohort[dx])
+    assert (c2.fold.values == cohort.fold.values).all() and np.array_equal(np.asarray(s2), np.asarray(sig))
+    assert "lababn_potassium_high" in c2 and m2["source"] == "mds_ed"
+
+def test_bad_input(tmp_path):
+    raw = build_raw(tmp_path / "raw")
+    (raw / "ed" / "triage.csv.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="triage"): prepare("synthetic", raw, tmp_path / "o", progress=False)
+    build_raw(raw)
+    rl = pd.read_csv(raw / "ecg" / "record_list.csv").drop(columns="path"); rl.to_csv(raw / "ecg" / "record_list.csv", index=False)
+    with pytest.raises(ValueError, match=r"record_list\.csv.*path"): prepare("synthetic", raw, tmp_path / "o", progress=False)
+    with pytest.raises(FileNotFoundError, match="nowhere"): prepare("mimic", raw, tmp_path / "o", ecg=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="source"): prepare("ptbxl", raw, tmp_path / "o")
