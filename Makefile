@@ -17,6 +17,10 @@ $(VENV_OK): pyproject.toml
 
 venv: $(VENV_OK)
 
+# glibc returns freed blocks ≥ 32 MB to the OS by default; S4 activations at 10 s inputs are
+# that large, and re-faulting them halves training speed (benchmarks/README.md, Encoders).
+study: export MALLOC_MMAP_THRESHOLD_ := 4294967296
+study: export MALLOC_TRIM_THRESHOLD_ := 68719476736
 study: $(VENV_OK)
 	.venv/bin/ecg-study run --plan quick
 

@@ -19,7 +19,7 @@ from .core import CLIP_MV, FS, N_SAMPLES, STUDY_LEADS, get_logger
 
 # %% auto #0
 __all__ = ['MIN_SECONDS', 'TODO', 'OK', 'SKIPPED', 'RecordError', 'lead_columns', 'mv_scale', 'read_record', 'interpolate_nan',
-           'resample', 'preprocess', 'load_prepared', 'status_paths', 'write_signals', 'signal_status',
+           'resample', 'preprocess', 'prepare_record', 'status_paths', 'write_signals', 'signal_status',
            'compact_signals']
 
 # %% ../nbs/02_signals.ipynb #c142528c
@@ -126,7 +126,7 @@ def preprocess(signal: np.ndarray, fs: float, n_out: int = N_SAMPLES, fs_out: fl
     out[:len(x)] = x
     return out
 
-def load_prepared(path) -> np.ndarray:
+def prepare_record(path) -> np.ndarray:
     "The prepared (1000, 12) signal of a record; any problem is a `RecordError` naming it."
     x, fs = read_record(path)
     try: return preprocess(x, fs)
@@ -184,7 +184,7 @@ def _prepare_chunk(rows: np.ndarray, paths: list[str], dtype: str):
     out = np.zeros((len(rows), N_SAMPLES, len(STUDY_LEADS)), dtype)
     skips = {}
     for j, (row, p) in enumerate(zip(rows, paths)):
-        try: out[j] = load_prepared(p)
+        try: out[j] = prepare_record(p)
         except RecordError as e: skips[int(row)] = (e.kind, str(e))
     return rows, out, skips
 

@@ -6,7 +6,7 @@ import pytest
 import wfdb
 from scipy.signal import resample_poly
 from ecg_study.core import CLIP_MV, MIMIC_LEADS, STUDY_LEADS
-from ecg_study.signals import (OK, SKIPPED, TODO, RecordError, compact_signals, load_prepared, preprocess,
+from ecg_study.signals import (OK, SKIPPED, TODO, RecordError, compact_signals, prepare_record, preprocess,
                                read_record, status_paths, write_signals)
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
@@ -51,8 +51,8 @@ def test_ptbxl_100_and_500_hz_agree():
     PTB-XL made its 100 Hz copies with its own filter, so sharp QRS peaks differ by up to ~0.4 mV."""
     rms, corr = [], []
     for i in range(1, 50):
-        lo = load_prepared(PTBXL / f"records100/00000/{i:05d}_lr")
-        hi = load_prepared(PTBXL / f"records500/00000/{i:05d}_hr.hea")
+        lo = prepare_record(PTBXL / f"records100/00000/{i:05d}_lr")
+        hi = prepare_record(PTBXL / f"records500/00000/{i:05d}_hr.hea")
         assert lo.shape == hi.shape == (1000, 12)
         d = (lo - hi)[20:-20]  # the edges depend on each filter's padding
         rms.append(np.sqrt((d ** 2).mean()))
@@ -78,7 +78,7 @@ def test_ptb_1000hz_15_channels():
     assert rec.n_sig == 15 and rec.fs == 1000
     x, fs = read_record(path)
     assert x.shape == (38400, 12) and fs == 1000
-    y = load_prepared(path)
+    y = prepare_record(path)
     assert y.shape == (1000, 12) and y.dtype == np.float32
     names = [n.lower() for n in rec.sig_name]
     for lead in ("I", "aVL", "V6"):
@@ -94,13 +94,13 @@ def test_ptb_1000hz_15_channels():
 def test_permuted_leads_give_same_array(tmp_path):
     sig = ecg_like(5000, 500)
     perm = np.random.default_rng(1).permutation(12)
-    a = load_prepared(write(tmp_path, "mimic", sig))
-    b = load_prepared(write(tmp_path, "perm", sig[:, perm], [MIMIC_LEADS[i].upper() for i in perm]))
+    a = prepare_record(write(tmp_path, "mimic", sig))
+    b = prepare_record(write(tmp_path, "perm", sig[:, perm], [MIMIC_LEADS[i].upper() for i in perm]))
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_limb_lead_identities_after_preprocessing(tmp_path):
-    y = load_prepared(write(tmp_path, "dipole", ecg_like(5000, 500, seed=3)))
+    y = prepare_record(write(tmp_path, "dipole", ecg_like(5000, 500, seed=3)))
     assert np.abs(y).max() < CLIP_MV  # no clipping, so the linear identities must hold
     I, II = y[:, IDX["I"]], y[:, IDX["II"]]
     np.testing.assert_allclose(y[:, IDX["III"]], II - I, atol=1e-3)
@@ -113,19 +113,19 @@ def test_limb_lead_identities_after_preprocessing(tmp_path):
 @pytest.mark.parametrize("units,scale", [("uV", 1e3), ("µV", 1e3), ("V", 1e-3)])
 def test_units_converted_to_mv(tmp_path, units, scale):
     sig = ecg_like(5000, 500)
-    ref = load_prepared(write(tmp_path, "mv", sig))
-    np.testing.assert_allclose(load_prepared(write(tmp_path, "other", sig * scale, units=units)), ref, atol=1e-4)
+    ref = prepare_record(write(tmp_path, "mv", sig))
+    np.testing.assert_allclose(prepare_record(write(tmp_path, "other", sig * scale, units=units)), ref, atol=1e-4)
 
 
 def test_micro_sign_in_latin1_header(tmp_path):
     "wfdb reads '/µV' as 'V'; the reader must still scale by 1e-3, whatever the header's encoding."
     sig = ecg_like(5000, 500)
-    ref = load_prepared(write(tmp_path, "mv", sig))
+    ref = prepare_record(write(tmp_path, "mv", sig))
     base = write(tmp_path, "latin", sig * 1e3, units="uV")
     hea = base.with_suffix(".hea")
     hea.write_bytes(hea.read_text().replace("/uV", "/\u00b5V").encode("latin-1"))
     assert wfdb.rdheader(str(base)).units[0] == "V"  # the wfdb quirk this guards against
-    np.testing.assert_allclose(load_prepared(base), ref, atol=1e-4)
+    np.testing.assert_allclose(prepare_record(base), ref, atol=1e-4)
 
 
 def test_nan_gap_is_interpolated_linearly(tmp_path):
@@ -146,7 +146,7 @@ def test_clipping(tmp_path):
     sig = ecg_like(5000, 500)
     sig[2000:2010, 0] = 8.0
     sig[:, MIMIC_LEADS.index("V5")] += 5.0
-    y = load_prepared(write(tmp_path, "big", sig))
+    y = prepare_record(write(tmp_path, "big", sig))
     assert np.abs(y).max() <= CLIP_MV
     np.testing.assert_allclose(y[:, IDX["V5"]], CLIP_MV)
     assert y[:, IDX["I"]].max() == pytest.approx(CLIP_MV)
@@ -215,7 +215,7 @@ def bad_records(d):
 def test_bad_input_errors(tmp_path, case):
     path, msg = bad_records(tmp_path)[case]
     with pytest.raises(RecordError, match=msg) as e:
-        load_prepared(path)
+        prepare_record(path)
     assert str(path) in str(e.value)
 
 
@@ -235,7 +235,7 @@ def test_one_all_nan_lead_names_lead_and_record(tmp_path):
     d[:, MIMIC_LEADS.index("aVL")] = -32768
     base = write_digital(tmp_path, "novl", d)
     with pytest.raises(RecordError, match=r"novl: lead aVL is entirely NaN"):
-        load_prepared(base)
+        prepare_record(base)
 
 
 # --- the memmap store ------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_write_signals_deterministic_and_counts_skips(tmp_path):
     assert t1.kind[3] == "too short" and t1.kind[10] == "missing file" and "absent" in t1.reason[10]
     a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
     assert a.shape == (11, 1000, 12) and np.array_equal(a, b)
-    np.testing.assert_array_equal(a[5], load_prepared(paths[5]))
+    np.testing.assert_array_equal(a[5], prepare_record(paths[5]))
     assert not a[3].any()
 
 
@@ -282,9 +282,9 @@ def test_write_signals_survives_kill_9(tmp_path):
     out = tmp_path / "signals.npy"
     code = textwrap.dedent(f"""
         import time, ecg_study.signals as s
-        real = s.load_prepared
+        real = s.prepare_record
         def slow(p): time.sleep(0.05); return real(p)
-        s.load_prepared = slow
+        s.prepare_record = slow
         s.write_signals({[str(p) for p in paths]!r}, {str(out)!r}, n_jobs=1, progress=False, chunk_size=2)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
@@ -297,7 +297,7 @@ def test_write_signals_survives_kill_9(tmp_path):
     assert 0 < (done == OK).sum() < len(paths), done  # killed part way
     table = write_signals(paths, out, n_jobs=1, progress=False)
     assert (table.status == "ok").all()
-    ref = np.stack([load_prepared(p) for p in paths])
+    ref = np.stack([prepare_record(p) for p in paths])
     np.testing.assert_array_equal(np.load(out), ref)
 
 
@@ -320,7 +320,7 @@ def test_float16_store_and_compact(tmp_path):
     table = write_signals(paths, out, n_jobs=1, progress=False, dtype="float16")
     s = np.load(out)
     assert s.dtype == np.float16
-    np.testing.assert_allclose(s[0], load_prepared(paths[0]), atol=2e-3)
+    np.testing.assert_allclose(s[0], prepare_record(paths[0]), atol=2e-3)
     dst = compact_signals(out, table.status == "ok", tmp_path / "kept.npy", chunk_rows=2)
     kept = np.load(dst)
     assert kept.dtype == np.float16 and np.array_equal(kept, s[[0, 2, 3, 4]])

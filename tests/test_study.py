@@ -1,0 +1,107 @@
+"""The study runner end to end: a tiny plan through papermill, caching, a failing run, the privacy check."""
+import json, tomllib
+from pathlib import Path
+import nbformat
+import pandas as pd
+import pytest
+import ecg_study.study as study
+
+TINY = """
+name = "tiny"
+parallel = 2
+[cohorts.synthetic]
+source = "synthetic"
+n_patients = 160
+min_lab_pos = 1
+min_label_count = 5
+seed = 0
+[defaults]
+seeds = [0]
+d_model = 8
+n_layers = 1
+d_state = 4
+dropout = 0.0
+projector_dims = [16, 16]
+tab_hidden = [16]
+batch_size = 32
+epochs = 1
+freeze_depth = 1
+[explain]
+runs = ["method"]
+[evaluate]
+n_boot = 50
+n_boot_curve = 20
+[[runs]]
+name = "method"
+kind = "method"
+[[runs]]
+name = "ecg_only"
+kind = "supervised"
+[[runs]]
+name = "broken"                  # an invalid objective: this run must fail alone
+kind = "supervised"
+model = "ecg_only"
+loss = "no_such_loss"
+"""
+
+def test_plans_expand():
+    for p in sorted((study.ROOT / "nbs" / "plans").glob("*.toml")):
+        spec = tomllib.loads(p.read_text()); spec.setdefault("name", p.stem)
+        steps = study.expand_plan(spec)
+        names = [s.name for s in steps]
+        assert len(names) == len(set(names)) and names[-2:] == ["evaluate", "figures"], p
+        assert {"method_s0_dx", "ecg_only_s0"} <= set(names), p
+        for s in steps: assert (study.ROOT / "nbs" / "stages" / f"{s.stage}.ipynb").exists(), s.stage
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    plan = root / "tiny.toml"; plan.write_text(TINY)
+    rc = study.run_plan(plan, reports=root / "reports")
+    return root, plan, rc
+
+def test_tiny_plan_end_to_end(tiny):
+    root, plan, rc = tiny
+    pd_ = root / "reports" / "tiny"
+    assert rc == 1                                                   # the broken run fails the command …
+    assert json.loads((pd_ / "broken_s0" / "stamp.json").read_text())["status"] == "failed"
+    assert (pd_ / "broken_s0" / "baselines.ipynb").exists()          # … keeps its executed notebook with the error
+    assert "no_such_loss" in (pd_ / "broken_s0" / "baselines.html").read_text()
+    for step in ("method_s0_pretrain", "method_s0_dx", "method_s0_lab", "method_s0_explain", "ecg_only_s0", "evaluate", "figures"):
+        st = json.loads((pd_ / step / "stamp.json").read_text())
+        assert st["status"] == "ok", (step, st)                     # … and does not stop the independent runs
+        assert list((pd_ / step).glob("*.html")), step
+    res = pd.read_csv(pd_ / "results.csv")
+    assert list(res.columns) == ["cohort", "model", "metric", "value", "ci_low", "ci_high", "n_seeds"]
+    got = set(zip(res.model, res.metric))
+    assert {("method", "dx_macro_auroc"), ("method", "dx_macro_auroc_curve"), ("method", "lab_macro_auroc"),
+            ("ecg_only", "dx_macro_auroc")} <= got
+    assert ((res.ci_low <= res.value) & (res.value <= res.ci_high)).all() and res.value.between(0, 1).all()
+    index = (pd_ / "index.html").read_text()
+    assert "broken_s0" in index and "failed" in index and "method_s0_dx/finetune_dx.html" in index
+    assert "Explanations against the synthetic truth" in (pd_ / "results.md").read_text()
+    assert (pd_ / "figures" / "crosscorr_before_after.png").exists()
+
+def test_rerun_skips_current_steps(tiny):
+    root, plan, _ = tiny
+    pd_ = root / "reports" / "tiny"
+    before = {p: p.stat().st_mtime_ns for p in pd_.glob("*/*.ipynb") if p.parent.name != "broken_s0"}
+    assert study.run_plan(plan, reports=root / "reports") == 1       # broken is retried and fails again
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert before == after                                           # everything else was current: nothing re-executed
+
+def test_privacy_check_refuses_a_planted_subject_id(tmp_path, monkeypatch):
+    (tmp_path / "nbs" / "stages").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("run_dir = '.'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import json, pathlib\nprint('first row subject', 10000032)\n"
+                                  "pathlib.Path(run_dir, 'metrics.json').write_text('{}')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, tmp_path / "nbs" / "stages" / "leak.ipynb")
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    plan_dir = tmp_path / "reports" / "p"
+    res = study.execute_step(study.Step("leak", "leak", {}), plan_dir, identifiers={10000032})
+    assert res.status == "failed" and "patient identifier" in res.error
+    assert not list((plan_dir / "leak").glob("*.ipynb")) and not list((plan_dir / "leak").glob("*.html"))
+    ok = study.execute_step(study.Step("leak", "leak", {}), plan_dir, identifiers={12345678})
+    assert ok.status == "ok" and (plan_dir / "leak" / "leak.html").exists()
