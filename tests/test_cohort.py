@@ -280,3 +280,20 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match=r"record_list\.csv.*path"): prepare("synthetic", raw, tmp_path / "o", progress=False)
     with pytest.raises(FileNotFoundError, match="nowhere"): prepare("mimic", raw, tmp_path / "o", ecg=tmp_path / "nowhere")
     with pytest.raises(ValueError, match="source"): prepare("ptbxl", raw, tmp_path / "o")
+
+def test_synthetic_to_mds_ed_roundtrip(tmp_path):
+    "synthetic → prepare (exporting mds_ed.csv) → prepare via the mds_ed path: same features, labels, folds, signals."
+    from ecg_study.synth import synthesize
+    synthesize(tmp_path / "raw", n_patients=60, seed=3, n_jobs=1, progress=False)
+    m = prepare("synthetic", tmp_path / "raw", tmp_path / "a", min_label_count=3, min_lab_pos=0, n_jobs=1,
+                progress=False, export_mds_ed=tmp_path / "mds_ed.csv")
+    assert (tmp_path / "mds_ed.csv").exists() and m["counts"]["samples"] > 20
+    prepare("mds_ed", tmp_path / "mds_ed.csv", tmp_path / "b", ecg=tmp_path / "raw" / "ecg", min_label_count=3,
+            min_lab_pos=0, n_jobs=1, progress=False)
+    (a, sa, _), (b, sb, _) = load_prepared(tmp_path / "a"), load_prepared(tmp_path / "b")
+    feats, dx = feature_columns(a), label_columns(a)
+    assert dx and feats and set(dx) == set(label_columns(b))
+    pd.testing.assert_frame_equal(b[feats], a[feats], check_dtype=False)
+    pd.testing.assert_frame_equal(b[dx], a[dx], check_dtype=False)
+    assert (a.study_id.values == b.study_id.values).all() and (a.fold.values == b.fold.values).all()
+    assert np.array_equal(np.asarray(sa), np.asarray(sb))
