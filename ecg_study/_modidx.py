@@ -41,6 +41,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'ecg_study.cohort.package_version': ('cohort.html#package_version', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.prepare': ('cohort.html#prepare', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.race_group_sql': ('cohort.html#race_group_sql', 'ecg_study/cohort.py'),
+                                  'ecg_study.cohort.raw_fingerprint': ('cohort.html#raw_fingerprint', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.register_table': ('cohort.html#register_table', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.select_samples': ('cohort.html#select_samples', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.sha256_file': ('cohort.html#sha256_file', 'ecg_study/cohort.py'),
@@ -430,5 +431,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'ecg_study.training.pretrain': ('training.html#pretrain', 'ecg_study/training.py'),
                                     'ecg_study.training.read_logs': ('training.html#read_logs', 'ecg_study/training.py'),
                                     'ecg_study.training.resolve_precision': ('training.html#resolve_precision', 'ecg_study/training.py'),
+                                    'ecg_study.training.run_fingerprint': ('training.html#run_fingerprint', 'ecg_study/training.py'),
                                     'ecg_study.training.save_predictions': ('training.html#save_predictions', 'ecg_study/training.py'),
                                     'ecg_study.training.train_baseline': ('training.html#train_baseline', 'ecg_study/training.py')}}}

@@ -297,3 +297,19 @@ def test_synthetic_to_mds_ed_roundtrip(tmp_path):
     pd.testing.assert_frame_equal(b[dx], a[dx], check_dtype=False)
     assert (a.study_id.values == b.study_id.values).all() and (a.fold.values == b.fold.values).all()
     assert np.array_equal(np.asarray(sa), np.asarray(sb))
+
+def test_rewritten_raw_tables_make_the_dataset_stale(tmp_path):
+    "Same parameters but a rewritten raw table: the dataset is rebuilt, not reported current."
+    raw = build_raw(tmp_path / "raw")
+    out = tmp_path / "ds"
+    m = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
+    before = load_prepared(out)[0]["vitals_heartrate_max"]
+    vit = raw / "ed" / "vitalsign.csv.gz"
+    df = pd.read_csv(vit)
+    df["heartrate"] = df["heartrate"] + 7                                     # a changed source
+    df.to_csv(vit, index=False)
+    m2 = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
+    assert m2["parameters"]["raw_fingerprint"] != m["parameters"]["raw_fingerprint"]
+    assert m2["checksums"]["cohort.parquet"] != m["checksums"]["cohort.parquet"]
+    after = load_prepared(out)[0]["vitals_heartrate_max"]
+    assert before.notna().any() and np.allclose(after.dropna(), before.dropna() + 7)
