@@ -105,3 +105,19 @@ def test_privacy_check_refuses_a_planted_subject_id(tmp_path, monkeypatch):
     assert not list((plan_dir / "leak").glob("*.ipynb")) and not list((plan_dir / "leak").glob("*.html"))
     ok = study.execute_step(study.Step("leak", "leak", {}), plan_dir, identifiers={12345678})
     assert ok.status == "ok" and (plan_dir / "leak" / "leak.html").exists()
+
+def test_privacy_check_covers_the_dataset_a_step_builds(tmp_path, monkeypatch):
+    "A `prepare`-like step of a real source is checked against the identifiers of the dataset it has just written."
+    (tmp_path / "nbs" / "stages").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("run_dir = '.'\ndata_dir = ''", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import json, pathlib, pandas as pd\nd = pathlib.Path(data_dir); d.mkdir(parents=True)\n"
+            "pd.DataFrame({'subject_id': [10000032], 'study_id': [40689238], 'hadm_id': [22595853], 'stay_id': [33258284]}).to_parquet(d / 'cohort.parquet')\n"
+            "(d / 'manifest.json').write_text(json.dumps({'source': 'mimic'}))\n"
+            "print('first ECG', 40689238)\npathlib.Path(run_dir, 'metrics.json').write_text('{}')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, tmp_path / "nbs" / "stages" / "build.ipynb")
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    res = study.execute_step(study.Step("prepare_mimic", "build", {"cohort": "mimic"}), tmp_path / "reports" / "p")
+    assert res.status == "failed" and "patient identifier" in res.error
