@@ -292,11 +292,14 @@ def lab_abnormality_labels(values: pd.DataFrame, thresholds: pd.DataFrame) -> pd
             out[f"lababn_{stem}_{side}"] = np.where(x.isna(), np.nan, op(x, t)).astype("float32")
     return pd.DataFrame(out, index=values.index)
 
-def filter_lab_labels(labels: pd.DataFrame, fold: np.ndarray, min_lab_pos: int = 10) -> pd.DataFrame:
-    "Keep lab labels with ≥ min_lab_pos positives and ≥ min_lab_pos negatives in validation (18) and test (19)."
+def filter_lab_labels(labels: pd.DataFrame, fold: np.ndarray, min_lab_pos: int = 10, per_fold: bool = True) -> pd.DataFrame:
+    """Keep lab labels with ≥ min_lab_pos positives and ≥ min_lab_pos negatives in validation (18) and test (19)
+    (CardioLab's rule, `per_fold`), or in the whole cohort (the synthetic cohorts: cross-fitting tests every fold,
+    and no label choice may read the counts of one test fold)."""
+    groups = [fold == f for f in (18, 19)] if per_fold else [np.ones(len(labels), bool)]
     keep = [c for c in labels.columns
-            if all(((labels[c].values[fold == f] == 1).sum() >= min_lab_pos) and
-                   ((labels[c].values[fold == f] == 0).sum() >= min_lab_pos) for f in (18, 19))]
+            if all(((labels[c].values[g] == 1).sum() >= min_lab_pos) and ((labels[c].values[g] == 0).sum() >= min_lab_pos)
+                   for g in groups)]
     return labels[keep]
 
 # %% ../nbs/03_cohort.ipynb #d032e7e1
@@ -441,7 +444,7 @@ def _skipped(status: pd.DataFrame) -> dict:
 
 # %% ../nbs/03_cohort.ipynb #192b1e5e
 def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_jobs, progress, min_lab_pos,
-                   memory_limit) -> tuple[pd.DataFrame, dict, dict, np.ndarray]:
+                   memory_limit, synthetic: bool = False) -> tuple[pd.DataFrame, dict, dict, np.ndarray]:
     work = out / ".work"; (work / "duckdb_tmp").mkdir(parents=True, exist_ok=True)
     con = connect_raw(raw, ecg, memory_limit, work / "duckdb_tmp")
     counts = {"ecgs_seen": con.execute("SELECT count(*) FROM record_list").fetchall()[0][0]}
@@ -466,7 +469,7 @@ def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_job
     ids["fold"] = stratified_patient_folds(ids["subject_id"].to_numpy(), stratification_matrix(
         diag.to_numpy(), feats["demographics_age"].to_numpy(float), feats["demographics_gender"].to_numpy(float)), seed=seed)
     lab = lab_abnormality_labels(closest_lab_values(con).reindex(study_ids), thresholds)
-    lab = filter_lab_labels(lab, ids["fold"].to_numpy(), min_lab_pos)
+    lab = filter_lab_labels(lab, ids["fold"].to_numpy(), min_lab_pos, per_fold=not synthetic)
     cohort = pd.concat([ids, feats.reset_index(drop=True), diag.reset_index(drop=True), lab.reset_index(drop=True)], axis=1)
     extra = {"min_label_count_used": mlc, "skipped": _skipped(status), "lab_thresholds": _records(thresholds.reset_index())}
     con.close()
@@ -569,7 +572,7 @@ def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_labe
         cohort, counts, extra, keep = _prepare_mds_ed(raw, ecg, out, seed, n_jobs, progress, min_lab_pos)
     else:
         cohort, counts, extra, keep = _prepare_mimic(raw, ecg, out, min_label_count, seed, n_jobs, progress,
-                                                     min_lab_pos, memory_limit)
+                                                     min_lab_pos, memory_limit, synthetic=source == "synthetic")
     if len(cohort) == 0: raise ValueError(f"empty cohort from {raw}: counts {counts}")
     _finish_signals(out / ".work", keep, out / "signals.npy")
     _atomic_parquet(cohort, out / "cohort.parquet")

@@ -19,8 +19,8 @@ log = get_logger("ecg_study.datasets")
 
 # %% auto #0
 __all__ = ['log', 'DX_PREFIX', 'LAB_PREFIX', 'TAB_PREFIXES', 'TRAIN_FOLDS', 'VAL_FOLD', 'TEST_FOLD', 'TOY_LABS', 'Prepared',
-           'load_prepared', 'columns_with_prefix', 'label_matrix', 'split_indices', 'eval_windows', 'ECGDataset',
-           'make_loader', 'make_loaders', 'make_toy_prepared']
+           'load_prepared', 'columns_with_prefix', 'label_matrix', 'split_folds', 'split_indices', 'eval_windows',
+           'ECGDataset', 'make_loader', 'make_loaders', 'make_toy_prepared']
 
 # %% ../nbs/04_datasets.ipynb #5ee504ad
 DX_PREFIX = "diagnoses_"
@@ -52,14 +52,24 @@ def label_matrix(cohort: pd.DataFrame, cols: list[str]) -> np.ndarray:
     return cohort[cols].to_numpy(dtype=np.float32, na_value=np.nan)
 
 # %% ../nbs/04_datasets.ipynb #9aeddc5e
-def split_indices(cohort: pd.DataFrame) -> dict[str, np.ndarray]:
-    "Row indices of the train (folds 0–17), val (18) and test (19) splits; checks patient grouping."
+def split_folds(crossfit: int = 0, part: int = 0) -> dict[str, list[int]]:
+    """The folds of each split. `crossfit=0`: the paper's protocol (train 0–17, validation 18, test 19).
+    `crossfit=K`: part `g` of K tests the folds `f % K == g`, validates on the first fold of part `g + 1`
+    and trains on the rest, so over the K parts every record gets exactly one test prediction."""
+    if not crossfit: return {"train": list(TRAIN_FOLDS), "val": [VAL_FOLD], "test": [TEST_FOLD]}
+    if not 2 <= crossfit <= 10 or not 0 <= part < crossfit:
+        raise ValueError(f"cross-fitting needs 2 ≤ crossfit ≤ 10 and 0 ≤ part < crossfit (got {crossfit}, {part})")
+    test = [f for f in range(20) if f % crossfit == part]
+    val = [min(f for f in range(20) if f % crossfit == (part + 1) % crossfit)]
+    return {"train": [f for f in range(20) if f not in test + val], "val": val, "test": test}
+
+def split_indices(cohort: pd.DataFrame, crossfit: int = 0, part: int = 0) -> dict[str, np.ndarray]:
+    "Row indices of the train, val and test splits of `split_folds(crossfit, part)`; checks patient grouping."
     if "fold" not in cohort: raise KeyError("cohort has no 'fold' column")
     fold = cohort["fold"].to_numpy()
     bad = ~np.isin(fold, np.arange(20))
     if bad.any(): raise ValueError(f"cohort 'fold': {bad.sum()} values outside 0–19 (e.g. {fold[bad][:3].tolist()})")
-    splits = {"train": np.flatnonzero(fold < VAL_FOLD), "val": np.flatnonzero(fold == VAL_FOLD),
-              "test": np.flatnonzero(fold == TEST_FOLD)}
+    splits = {k: np.flatnonzero(np.isin(fold, f)) for k, f in split_folds(crossfit, part).items()}
     subj = cohort["subject_id"].to_numpy()
     names = list(splits)
     for i, a in enumerate(names):

@@ -130,7 +130,8 @@ def make_bundle(dx_run_dir, lab_run_dir, data_dir, out_path, rank: str = "lift")
     data = load_prepared(data_dir)
     missing = [l for l in dx["labels"] + lab["labels"] if l not in data.cohort.columns]
     if missing: raise ValueError(f"prepared dataset {data.path} lacks labels of the runs, e.g. {missing[:3]}")
-    splits = split_indices(data.cohort)
+    split = {"crossfit": int(dx["cfg"].get("crossfit", 0)), "part": max(int(dx["cfg"].get("part", 0)), 0)}
+    splits = split_indices(data.cohort, **split)
     dx_thr, dx_ok, dx_val = _val_thresholds(dx_dir, dx["labels"])
     lab_thr, lab_ok, _ = _val_thresholds(lab_dir, lab["labels"])
     summary = cooccurrence(data.cohort.iloc[splits["train"]], dx["labels"], lab["labels"])
@@ -144,7 +145,7 @@ def make_bundle(dx_run_dir, lab_run_dir, data_dir, out_path, rank: str = "lift")
             "dx_threshold": torch.tensor(dx_thr), "dx_calibrated": torch.tensor(dx_ok),
             "lab_threshold": torch.tensor(lab_thr), "lab_calibrated": torch.tensor(lab_ok),
             "operating_point": "Youden's J on the validation fold (midpoint between scores); 0.5 where uncalibrated",
-            "preprocessing": preprocessing_params(),
+            "preprocessing": preprocessing_params(), "split": split,
             "summary": {k: torch.tensor(np.asarray(v, np.float64)) for k, v in summary.items()},
             "evidence_rule": {"prior": PRIOR, "min_cooccur": MIN_COOCCUR, "rank": rank},
             "descriptions": icd_titles(data.manifest.get("parameters", {}).get("raw"), codes),
@@ -391,7 +392,7 @@ def condition_causes(label_causes: dict, codes: list[str], include_ancestors: bo
 def predict_split(bundle, data_dir, split: str = "test") -> dict:
     "Bundle probabilities for one split of a prepared dataset: rows, p_dx, p_lab."
     b, data = _as_bundle(bundle), load_prepared(data_dir)
-    rows = split_indices(data.cohort)[split]
+    rows = split_indices(data.cohort, **b.meta.get("split", {}))[split]
     p_dx, p_lab = b.predict(data.signals[rows]) if len(rows) else (np.zeros((0, len(b.dx_labels))), np.zeros((0, len(b.lab_labels))))
     return {"split": split, "rows": rows, "p_dx": p_dx, "p_lab": p_lab}
 

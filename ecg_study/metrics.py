@@ -13,8 +13,8 @@ from .core import get_logger
 _log = get_logger(__name__)
 
 # %% auto #0
-__all__ = ['fast_auroc', 'per_label_auroc', 'macro_auroc', 'icd10_chapter', 'auroc_by_group', 'bootstrap_ci', 'paired_bootstrap',
-           'bootstrap_seed_mean', 'paired_seed_bootstrap', 'aggregate_windows']
+__all__ = ['fast_auroc', 'per_label_auroc', 'macro_auroc', 'icd10_chapter', 'auroc_by_group', 'resample_weights', 'label_aurocs',
+           'bootstrap_ci', 'paired_bootstrap', 'bootstrap_seed_mean', 'paired_seed_bootstrap', 'aggregate_windows']
 
 # %% ../nbs/09_metrics.ipynb #6160a0b8
 def _check_labels(y_true, y_score):
@@ -139,19 +139,33 @@ def auroc_by_group(per_label_df: pd.DataFrame, groups: dict) -> pd.DataFrame:
 # %% ../nbs/09_metrics.ipynb #d59578cc
 _METRICS = ("mean_auroc", "curve_auroc")
 
-def _resample_weights(n, n_boot, rng):
-    "How often each of `n` rows is drawn in each of `n_boot` resamples: (n_boot, n) int32 (halves memory traffic)."
-    idx = rng.integers(0, n, (n_boot, n))
-    return np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.int32)
+def _resample_weights(n, n_boot, rng, groups=None):
+    """How often each of `n` rows is drawn in each of `n_boot` resamples: (n_boot, n) int32 (halves memory traffic).
+    With `groups` (e.g. patient ids, one per row) whole groups are drawn: a patient's records stay together."""
+    codes = None if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    if codes is not None and len(codes) != n: raise ValueError(f"{len(codes)} groups for {n} rows")
+    m = n if codes is None else (int(codes.max()) + 1 if n else 0)
+    idx = rng.integers(0, m, (n_boot, m))
+    counts = np.bincount((idx + m * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * m).reshape(n_boot, m).astype(np.int32)
+    return counts if groups is None else counts[:, codes]
 
-def _boot_metric(y, scores, metric, n_boot, seed, chunk_elems=4_000_000):
+def resample_weights(n: int, n_boot: int, seed: int = 0, groups=None) -> np.ndarray:
+    "Bootstrap row weights (n_boot, n): rows drawn with replacement, or whole `groups` (patients) when given."
+    return _resample_weights(n, n_boot, np.random.default_rng(seed), groups)
+
+def label_aurocs(y_true, y_score, W=None) -> np.ndarray:
+    "Per-label AUROC under row weights W (B, N) — one row per resample — or on the data as it is (1, K)."
+    y, s = _check_labels(y_true, y_score)
+    return _macro_stats(y, s, np.ones((1, len(y)), int) if W is None else W, curve=False)[0]
+
+def _boot_metric(y, scores, metric, n_boot, seed, chunk_elems=4_000_000, groups=None):
     "Metric of each score matrix in `scores` on the full data (point) and on `n_boot` shared resamples: (m,), (n_boot, m)."
     if metric not in _METRICS: raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
     pick = lambda W, s: _macro_stats(y, s, W, curve=metric == "curve_auroc")[1 if metric == "mean_auroc" else 2]
     point = np.array([pick(np.ones((1, len(y)), int), s)[0] for s in scores])
     rng, chunk, boots = np.random.default_rng(seed), max(1, chunk_elems // max(len(y), 1)), []
     for start in range(0, n_boot, chunk):
-        W = _resample_weights(len(y), min(chunk, n_boot - start), rng)
+        W = _resample_weights(len(y), min(chunk, n_boot - start), rng, groups)
         boots.append(np.stack([pick(W, s) for s in scores], axis=1))
     return point, np.concatenate(boots)
 
@@ -162,18 +176,18 @@ def _defined(boots, what):
     if not ok.all(): _log.info(f"{what}: skipped {int((~ok).sum())} of {len(ok)} resamples with an undefined metric")
     return boots[ok]
 
-def bootstrap_ci(y_true, y_score, metric="mean_auroc", n_boot=1000, seed=0, alpha=0.05):
+def bootstrap_ci(y_true, y_score, metric="mean_auroc", n_boot=1000, seed=0, alpha=0.05, groups=None):
     "Point estimate and (1 − alpha) bootstrap interval of a macro AUROC over resampled records: (point, low, high)."
     y, s = _check_labels(y_true, y_score)
-    point, boots = _boot_metric(y, [s], metric, n_boot, seed)
+    point, boots = _boot_metric(y, [s], metric, n_boot, seed, groups=groups)
     low, high = np.quantile(_defined(boots, "bootstrap_ci")[:, 0], [alpha / 2, 1 - alpha / 2])
     return float(point[0]), float(low), float(high)
 
-def paired_bootstrap(y_true, score_a, score_b, metric="mean_auroc", n_boot=1000, seed=0, alpha=0.05) -> dict:
+def paired_bootstrap(y_true, score_a, score_b, metric="mean_auroc", n_boot=1000, seed=0, alpha=0.05, groups=None) -> dict:
     "Difference a − b of a macro AUROC on the same resampled records: diff, interval, two-sided p-value, resamples used."
     y, a = _check_labels(y_true, score_a)
     _, b = _check_labels(y_true, score_b)
-    point, boots = _boot_metric(y, [a, b], metric, n_boot, seed)
+    point, boots = _boot_metric(y, [a, b], metric, n_boot, seed, groups=groups)
     ok = _defined(boots, "paired_bootstrap")
     d = ok[:, 0] - ok[:, 1]
     low, high = np.quantile(d, [alpha / 2, 1 - alpha / 2])
@@ -181,20 +195,21 @@ def paired_bootstrap(y_true, score_a, score_b, metric="mean_auroc", n_boot=1000,
     return dict(diff=float(point[0] - point[1]), low=float(low), high=float(high), p_value=float(p), n_valid=len(d))
 
 # %% ../nbs/09_metrics.ipynb #c7462118
-def bootstrap_seed_mean(y_true, scores: list, metric="mean_auroc", n_boot=1000, seed=0, alpha=0.05) -> dict:
+def bootstrap_seed_mean(y_true, scores: list, metric="mean_auroc", n_boot=1000, seed=0, alpha=0.05, groups=None) -> dict:
     "Seed-mean macro AUROC of several score matrices on the same records, its bootstrap interval and the seeds' sd."
     y, _ = _check_labels(y_true, scores[0])
     ss = [_check_labels(y_true, s)[1] for s in scores]
-    point, boots = _boot_metric(y, ss, metric, n_boot, seed)
+    point, boots = _boot_metric(y, ss, metric, n_boot, seed, groups=groups)
     low, high = np.quantile(_defined(boots, "bootstrap_seed_mean").mean(1), [alpha / 2, 1 - alpha / 2])
     return dict(value=float(point.mean()), low=float(low), high=float(high),
                 seed_sd=float(point.std(ddof=1)) if len(ss) > 1 else 0.0, per_seed=point.tolist(), n_seeds=len(ss))
 
-def paired_seed_bootstrap(y_true, scores_a: list, scores_b: list, metric="mean_auroc", n_boot=1000, seed=0, alpha=0.05) -> dict:
+def paired_seed_bootstrap(y_true, scores_a: list, scores_b: list, metric="mean_auroc", n_boot=1000, seed=0, alpha=0.05,
+                          groups=None) -> dict:
     "Difference of seed-mean macro AUROCs of two models on the same resampled records (diff, interval, p)."
     y, _ = _check_labels(y_true, scores_a[0])
     ss = [_check_labels(y_true, s)[1] for s in [*scores_a, *scores_b]]
-    point, boots = _boot_metric(y, ss, metric, n_boot, seed)
+    point, boots = _boot_metric(y, ss, metric, n_boot, seed, groups=groups)
     ok, na = _defined(boots, "paired_seed_bootstrap"), len(scores_a)
     d = ok[:, :na].mean(1) - ok[:, na:].mean(1)
     low, high = np.quantile(d, [alpha / 2, 1 - alpha / 2])

@@ -48,8 +48,9 @@ def _sha(*parts) -> str:
     return h.hexdigest()[:16]
 
 def code_hash(root: Path = ROOT) -> str:
-    "Hash of the library source (`ecg_study/*.py`): a code change invalidates cached steps."
-    return _sha(*[p.read_bytes() for p in sorted((root / "ecg_study").glob("*.py")) if p.name != "_modidx.py"])
+    "Hash of the library source and its data tables (`ecg_study/*.py`, `ecg_study/data/*`): a change invalidates cached steps."
+    files = sorted((root / "ecg_study").glob("*.py")) + sorted((root / "ecg_study" / "data").glob("*"))
+    return _sha(*[p.read_bytes() for p in files if p.name != "_modidx.py"])
 
 def step_key(step: Step, upstream: dict[str, str], code: str, root: Path = ROOT) -> str:
     "Cache key of a step: notebook, parameters, upstream keys (`failed` for a soft need that failed) and code."
@@ -100,14 +101,30 @@ def _explain_steps(plan: dict) -> list[Step]:
                         seed=seed, dx_step=f"{tag}_dx", lab_step=f"{tag}_lab"), [f"{tag}_lab"], name))
     return out
 
+def _intervene_steps(plan: dict, steps: list[Step]) -> list[Step]:
+    "The `intervene` step: every trained head (all seeds) of the runs named in `[intervene] runs`."
+    spec = dict(plan.get("intervene", {}))
+    if not spec: return []
+    heads = {r: [s.name for s in steps if s.group == r and s.stage in ("finetune_dx", "finetune_lab", "baselines")]
+             for r in spec.pop("runs")}
+    missing = [r for r, ss in heads.items() if not ss]
+    if missing: raise ValueError(f"[intervene] runs {missing} are not runs of the plan")
+    return [Step("intervene", "intervene", {**spec, "models": heads}, sorted(s for ss in heads.values() for s in ss),
+                 "intervene", soft=True)]
+
 def expand_plan(plan: dict) -> list[Step]:
-    "All steps of a plan in dependency order: cohorts, runs, explanations, then evaluate and figures."
+    "All steps of a plan in dependency order: cohorts, runs, explanations, interventions, then evaluate and figures."
     steps = _cohort_steps(plan)
     for run in plan["runs"]: steps += _run_steps(run, plan.get("defaults", {}))
     steps += _explain_steps(plan)
-    trained = [s.name for s in steps if s.stage in ("finetune_dx", "finetune_lab", "baselines", "explain_eval")]
+    steps += _intervene_steps(plan, steps)
+    if "realism" in plan:   # the simulator against real ECGs: needs only the prepared cohort
+        r = plan["realism"]; c = r.get("cohort", "synthetic")
+        steps.append(Step(f"realism_{c}", "realism", {**r, "cohort": c}, [f"prepare_{c}"], "realism"))
+    trained = [s.name for s in steps if s.stage in ("finetune_dx", "finetune_lab", "baselines", "explain_eval", "intervene", "realism")]
     # evaluate and figures report whatever finished: one failed run must not hide the others
-    ev = Step("evaluate", "evaluate", {"plan": plan["name"], **plan.get("evaluate", {})}, trained, "evaluate", soft=True)
+    ev = Step("evaluate", "evaluate", {"plan": plan["name"], "claims": plan.get("claims", []), **plan.get("evaluate", {})},
+              trained, "evaluate", soft=True)
     fig = Step("figures", "figures", {"plan": plan["name"]}, ["evaluate"], "figures")
     return steps + [ev, fig]
 
@@ -235,6 +252,7 @@ def schedule(steps: list[Step], plan_dir: Path, force: bool = False, only: list[
             if n not in wanted: wanted.add(n); stack.append(n)
     done: dict[str, StepResult] = {}
     keys: dict[str, str] = {}
+    t_start = time.time()
     pending = [s.name for s in steps]
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         running = {}
@@ -275,7 +293,9 @@ def schedule(steps: list[Step], plan_dir: Path, force: bool = False, only: list[
             (plan_dir / s.name / "stamp.json").write_text(json.dumps(
                 {"key": key, "status": res.status, "seconds": round(res.seconds, 1), "error": res.error}, indent=1))
             if res.status == "ok": keys[s.name] = _downstream_key(s, key, plan_dir)
-            log.info("%s %s in %.0f s %s", res.status, s.name, res.seconds, res.error)
+            n_done = sum(r.status != "not selected" for r in done.values())
+            log.info("[%d/%d steps, %d running, %.0f min] %s %s in %.0f s %s", n_done, len(steps), len(running),
+                     (time.time() - t_start) / 60, res.status, s.name, res.seconds, res.error)
     return [done[s.name] for s in steps]
 
 # %% ../nbs/12_study.ipynb #f3131719
@@ -292,7 +312,7 @@ def write_index(plan_dir: Path, plan: dict, results: list[StepResult]) -> Path:
     "Write `index.html` (+ copy the evaluate stage's results) for a plan's report folder."
     import html
     ev = plan_dir / "evaluate"
-    for f in ("results.md", "results.csv"):
+    for f in ("results.md", "results.csv", "claims.csv", "oracle.csv", "convergence.csv"):
         if (ev / f).exists(): shutil.copy(ev / f, plan_dir / f)
     rows = []
     for r in results:
@@ -302,7 +322,8 @@ def write_index(plan_dir: Path, plan: dict, results: list[StepResult]) -> Path:
                     f"<td>{r.seconds:.0f}</td><td>{html.escape(r.error)}</td></tr>")
     import mistune   # comes with nbconvert
     res = mistune.create_markdown(plugins=["table"])((plan_dir / "results.md").read_text()) + \
-        '<p>Every figure, long-form: <a href="results.csv">results.csv</a></p>' \
+        '<p>Long-form: <a href="claims.csv">claims.csv</a> · <a href="results.csv">results.csv</a> · ' \
+        '<a href="oracle.csv">oracle.csv</a> · <a href="convergence.csv">convergence.csv</a></p>' \
         if (plan_dir / "results.md").exists() else "<p>No results yet (the evaluate stage did not finish).</p>"
     figs = "".join(f'<figure><img src="figures/{p.name}" width="640"><figcaption>{p.stem}</figcaption></figure>'
                    for p in sorted((plan_dir / "figures").glob("*.png")))
@@ -328,6 +349,7 @@ def run_plan(plan: str | Path = "quick", force: bool = False, only: list[str] | 
     parallel = int(spec.get("parallel", 1))
     n_threads = max(1, (os.cpu_count() or 1) // parallel)
     os.environ.setdefault("PYTHONPATH", str(ROOT))
+    os.environ.pop("MPLBACKEND", None)   # the stage kernels draw inline: Agg would leave every notebook without its plots
     t0 = time.time()
     results = schedule(expand_plan(spec), plan_dir, force=force, only=only, parallel=parallel, n_threads=n_threads)
     write_index(plan_dir, spec, results)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from .core import CROP, get_logger
@@ -31,8 +31,8 @@ log = get_logger("ecg_study.training")
 __all__ = ['log', 'RUNTIME_FIELDS', 'BASELINES', 'TrainConfig', 'masked_bce', 'make_ecg_encoder', 'make_tab_encoder',
            'embedding_std', 'PretrainModule', 'DiagnosisModule', 'LabModule', 'FusionModule', 'TabularModule',
            'EpochSync', 'resolve_precision', 'make_trainer', 'run_fingerprint', 'predict', 'save_predictions',
-           'load_predictions', 'read_logs', 'load_encoder', 'pretrain', 'load_pretrained', 'embed', 'finetune_dx',
-           'finetune_lab', 'fit_trees_baseline', 'train_baseline']
+           'load_predictions', 'read_logs', 'load_encoder', 'part_path', 'pool_predictions', 'pretrain',
+           'load_pretrained', 'embed', 'finetune_dx', 'finetune_lab', 'fit_trees_baseline', 'train_baseline']
 
 # %% ../nbs/10_training.ipynb #921bd968
 @dataclass
@@ -53,14 +53,19 @@ class TrainConfig:
     lambd: float = 5e-3                 # Barlow Twins off-diagonal weight
     loss_kwargs: dict = field(default_factory=dict)   # extra arguments of the other objectives
     projector_dims: tuple[int, ...] = (2048, 2048)
+    pretrain_batch_size: int | None = None   # stage 1's batch (None: batch_size); C is D × D: keep it above the width
     # stages 2 and 3
     freeze_depth: int | str = 2         # input projection + the first k S4 layers frozen in finetune_dx (-1/'all': all)
     focal: bool = False                 # focal BCE (MDS-ED) instead of BCE (paper)
     focal_gamma: float = 2.0
     head_hidden: tuple[int, ...] = ()   # hidden widths of the heads (empty: linear head)
+    # evaluation protocol: 0 = the paper's fixed folds; K ≥ 2 = cross-fitting over K parts (`datasets.split_folds`)
+    crossfit: int = 0
+    part: int = -1                      # the cross-fitting part one fit trains (-1: every part, one after the other)
     # optimisation
     batch_size: int = 32
-    epochs: int = 40
+    epochs: int = 40                    # the most epochs a fit runs
+    patience: int = 0                   # early stopping after this many epochs without validation gain (0: never)
     lr: float = 1e-3
     weight_decay: float = 1e-3
     lr_ssm: float = 1e-3
@@ -308,15 +313,16 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, monitor: str, mode: str, n_tra
     "Lightning Trainer for one stage: devices/strategy/precision from `cfg`, checkpoints and CSV logs in `run_dir`."
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch}", monitor=monitor, mode=mode,
                            save_top_k=1, save_last=True)
+    stop = [EarlyStopping(monitor, patience=cfg.patience, mode=mode)] if cfg.patience > 0 else []
     return L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
                      precision=resolve_precision(cfg), max_epochs=cfg.epochs, max_time=cfg.max_time,
                      deterministic="warn" if cfg.deterministic else None, logger=CSVLogger(run_dir, name="logs"),
-                     callbacks=[ckpt, EpochSync()], enable_progress_bar=cfg.enable_progress_bar,
+                     callbacks=[ckpt, EpochSync(), *stop], enable_progress_bar=cfg.enable_progress_bar,
                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir,
                      log_every_n_steps=max(1, min(50, n_train_batches)), limit_train_batches=cfg.limit_train_batches)
 
 # Settings that may change between an interrupted run and its resumption.
-RUNTIME_FIELDS = ("epochs", "enable_progress_bar", "num_threads", "num_workers", "resume", "max_time",
+RUNTIME_FIELDS = ("epochs", "patience", "enable_progress_bar", "num_threads", "num_workers", "resume", "max_time",
                   "accelerator", "devices", "strategy")
 
 def run_fingerprint(module: L.LightningModule, cfg: TrainConfig, data: dict | None) -> str:
@@ -385,7 +391,7 @@ def _start(data_dir, run_dir, cfg: TrainConfig) -> tuple[Prepared, dict, Path, f
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0: (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     data = load_prepared(data_dir)
-    splits = split_indices(data.cohort)
+    splits = split_indices(data.cohort, cfg.crossfit, max(cfg.part, 0))
     empty = [k for k, v in splits.items() if not len(v)]
     if empty: raise ValueError(f"prepared dataset {data.path}: no records in the {empty} split(s)")
     return data, splits, run_dir, time.perf_counter()
@@ -440,20 +446,65 @@ def _val_best(trainer) -> float:
     s = trainer.checkpoint_callback.best_model_score
     return float(s) if s is not None else float("nan")
 
+def _epochs(trainer, best: str | None) -> dict:
+    "Epochs run and the epoch whose weights were kept (the best on validation; the last when none was scored)."
+    kept = int(Path(best).stem.split("=")[-1]) if best and "best-epoch=" in Path(best).name else trainer.current_epoch - 1
+    return {"epochs": trainer.current_epoch, "epoch_kept": kept, "stopped_early": trainer.current_epoch < trainer.max_epochs}
+
+# %% ../nbs/10_training.ipynb #fc9d159f
+def part_path(path, part: int) -> Path:
+    "The file or folder of cross-fitting part `part` inside a step folder (`X/encoder.pt` → `X/part<g>/encoder.pt`)."
+    path = Path(path)
+    return path.parent / f"part{part}" / path.name if path.suffix else path / f"part{part}"
+
+def pool_predictions(run_dir, n_parts: int, split: str = "test") -> dict:
+    "Concatenate the parts' `split` predictions into `run_dir/{split}_predictions.npz`, ordered by cohort row."
+    parts = [load_predictions(part_path(run_dir, g), split) for g in range(n_parts)]
+    if any(p["labels"] != parts[0]["labels"] for p in parts): raise ValueError(f"{run_dir}: the parts predict different labels")
+    pred = {k: np.concatenate([p[k] for p in parts]) for k in ("y_true", "y_score", "study_ids", "rows")}
+    if len(np.unique(pred["rows"])) != len(pred["rows"]): raise ValueError(f"{run_dir}: a record is tested by two parts")
+    order = np.argsort(pred["rows"], kind="stable")
+    pred = {k: v[order] for k, v in pred.items()} | {"labels": np.array(parts[0]["labels"])}
+    if rank_zero_only.rank == 0: np.savez_compressed(Path(run_dir) / f"{split}_predictions.npz", **pred)
+    return pred | {"labels": parts[0]["labels"]}
+
+def _over_parts(stage, data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -> dict:
+    "Run `stage` once per cross-fitting part, then pool the test predictions and summarise the parts."
+    t0, run_dir = time.perf_counter(), Path(run_dir)
+    parts = []
+    for g in range(cfg.crossfit):
+        c = TrainConfig.from_dict(cfg.to_dict() | {"part": g})
+        kw = {} if encoder_ckpt is None else {"encoder_ckpt": part_path(encoder_ckpt, g)}
+        parts.append(stage(data_dir, part_path(run_dir, g), c, **kw))
+    summary = {"stage": parts[0]["stage"], "crossfit": cfg.crossfit, "parts": parts,
+               **{k: parts[0][k] for k in ("n_labels", "pretrained", "freeze_depth") if k in parts[0]}}
+    if (part_path(run_dir, 0) / "test_predictions.npz").exists():
+        pred = pool_predictions(run_dir, cfg.crossfit)
+        res = macro_auroc(pred["y_true"], pred["y_score"])
+        summary.update(test_auroc=res["mean_auroc"], test_auroc_curve=res["curve_auroc"], test_n_labels=res["n_labels"],
+                       test_n_skipped=res["n_skipped"], n_test_records=len(pred["rows"]))
+    if rank_zero_only.rank == 0: (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    return _finish(run_dir, summary, t0)
+
+
 # %% ../nbs/10_training.ipynb #e80b7287
 def pretrain(data_dir, run_dir, cfg: TrainConfig) -> dict:
     "Stage 1: cross-modal pre-training of the ECG and tabular encoders on the training folds."
+    if cfg.crossfit and cfg.part < 0: return _over_parts(pretrain, data_dir, run_dir, cfg)
     data, splits, run_dir, t0 = _start(data_dir, run_dir, cfg)
     pre, tab, n_cont, cards = _tabular(data, splits, cfg)
     loaders = make_loaders(data.signals, {"train": splits["train"], "val": splits["val"]}, tab=tab,
-                           batch_size=cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, crop=cfg.crop)
+                           batch_size=cfg.pretrain_batch_size or cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers,
+                           crop=cfg.crop)
     module = PretrainModule(cfg, n_cont, cards)
-    with _quiet(): trainer = _fit(module, loaders, cfg, run_dir, "val_loss", "min", data.manifest.get("checksums"))
+    with _quiet():
+        trainer = _fit(module, loaders, cfg, run_dir, "val_loss", "min", data.manifest.get("checksums"))
+        best = _load_best(module, trainer)
     _save({"stage": "pretrain", "cfg": cfg.to_dict(), "ecg_encoder": module.ecg.state_dict(),
                 "tab_encoder": module.tab.state_dict(), "proj_ecg": module.proj_ecg.state_dict(),
                 "proj_tab": module.proj_tab.state_dict(), "tab_preprocessor": pre.state_dict(),
                 "n_cont": n_cont, "cat_cardinalities": cards}, run_dir / "encoder.pt", trainer)
-    return _finish(run_dir, {"stage": "pretrain", "epochs": trainer.current_epoch, **_last_metrics(trainer)}, t0)
+    return _finish(run_dir, {"stage": "pretrain", **_last_metrics(trainer), **_epochs(trainer, best), "val_loss_best": _val_best(trainer)}, t0)
 
 def load_pretrained(encoder_ckpt, pretrained: bool = True) -> tuple[PretrainModule, TabularPreprocessor]:
     "The stage-1 module (eval mode) and tabular preprocessor of a pre-training `encoder.pt`; `pretrained=False`: its initial weights."
@@ -472,7 +523,7 @@ def embed(data_dir, encoder_ckpt, split: str = "test", pretrained: bool = True, 
     "Encoder outputs (h) and projections (z) of ECG and tabular views of one split's records (CPU)."
     module, pre = load_pretrained(encoder_ckpt, pretrained)
     data = load_prepared(data_dir)
-    idx = split_indices(data.cohort)[split]
+    idx = split_indices(data.cohort, module.cfg.crossfit, max(module.cfg.part, 0))[split]
     loader = make_loaders(data.signals, {split: idx}, tab=pre.transform(data.cohort), batch_size=batch_size,
                           crop=module.cfg.crop)[split]
     out = {k: [] for k in ("rows", "h_ecg", "h_tab", "z_ecg", "z_tab")}
@@ -504,11 +555,12 @@ def _supervised(module_fn, labels_prefix: str, data_dir, run_dir, cfg: TrainConf
              "tab_preprocessor": pre.state_dict() if pre is not None else None}
     if hasattr(module, "ecg"): state["ecg_encoder"] = module.ecg.state_dict()
     _save(state, run_dir / "encoder.pt", trainer)
-    return _finish(run_dir, {"stage": stage, **(extra or {}), "n_labels": len(labels), "epochs": trainer.current_epoch,
+    return _finish(run_dir, {"stage": stage, **(extra or {}), "n_labels": len(labels), **_epochs(trainer, best),
                              "val_auroc": _val_best(trainer), **test, "best_checkpoint": Path(best).name if best else None}, t0)
 
 def finetune_dx(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -> dict:
     "Stage 2: diagnoses from the (pre-trained, else random) ECG encoder frozen to `cfg.freeze_depth`."
+    if cfg.crossfit and cfg.part < 0: return _over_parts(finetune_dx, data_dir, run_dir, cfg, encoder_ckpt)
     state = None
     if encoder_ckpt is not None:
         ckpt = load_encoder(encoder_ckpt)
@@ -518,6 +570,7 @@ def finetune_dx(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -> dict:
 
 def finetune_lab(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt) -> dict:
     "Stage 3: lab-abnormality head on the frozen stage-2 ECG encoder (masked BCE)."
+    if cfg.crossfit and cfg.part < 0: return _over_parts(finetune_lab, data_dir, run_dir, cfg, encoder_ckpt)
     ckpt = load_encoder(encoder_ckpt)
     cfg = _encoder_cfg(cfg, ckpt)
     return _supervised(lambda k, *_: LabModule(cfg, k, ckpt["ecg_encoder"]), LAB_PREFIX, data_dir, run_dir, cfg,
@@ -571,6 +624,8 @@ BASELINES = ("ecg_only", "multimodal", "tabular_mlp", "tabular_trees")
 
 def train_baseline(kind: str, data_dir, run_dir, cfg: TrainConfig) -> dict:
     "Train one baseline: ecg_only (random-init S4, nothing frozen), multimodal, tabular_mlp or tabular_trees."
+    if cfg.crossfit and cfg.part < 0 and kind != "ecg_only":
+        return _over_parts(lambda d, r, c: train_baseline(kind, d, r, c), data_dir, run_dir, cfg)
     if kind == "ecg_only":
         return finetune_dx(data_dir, run_dir, TrainConfig.from_dict(cfg.to_dict() | {"freeze_depth": 0}))
     if kind == "multimodal":

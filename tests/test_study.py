@@ -17,6 +17,8 @@ min_label_count = 5
 seed = 0
 [defaults]
 seeds = [0]
+crossfit = 2
+patience = 1
 d_model = 8
 n_layers = 1
 d_state = 4
@@ -28,15 +30,43 @@ epochs = 1
 freeze_depth = 1
 [explain]
 runs = ["method"]
+[intervene]
+runs = ["method", "no_lab"]
+n_records = 4
+claim = { id = "C7", statement = "causal", a = "method", b = "no_lab" }
+[realism]
+max_per_group = 20
+max_real = 60
 [evaluate]
 n_boot = 50
 n_boot_curve = 20
+[[claims]]
+id = "C1"
+statement = "method beats ECG-only"
+kind = "difference"
+a = "method"
+b = "ecg_only"
+labels = "distinct"
+[[claims]]
+id = "C3a"
+statement = "labs from the ECG"
+kind = "level"
+a = "method"
+head = "lab"
+null = 0.5
+[[claims]]
+id = "C7"
+stage = "intervene"
 [[runs]]
 name = "method"
 kind = "method"
 [[runs]]
 name = "ecg_only"
 kind = "supervised"
+[[runs]]
+name = "no_lab"
+kind = "method"
+tab_prefixes = ["demographics_", "vitals_"]
 [[runs]]
 name = "broken"                  # an invalid objective: this run must fail alone
 kind = "supervised"
@@ -67,20 +97,29 @@ def test_tiny_plan_end_to_end(tiny):
     assert json.loads((pd_ / "broken_s0" / "stamp.json").read_text())["status"] == "failed"
     assert (pd_ / "broken_s0" / "baselines.ipynb").exists()          # … keeps its executed notebook with the error
     assert "no_such_loss" in (pd_ / "broken_s0" / "baselines.html").read_text()
-    for step in ("method_s0_pretrain", "method_s0_dx", "method_s0_lab", "method_s0_explain", "ecg_only_s0", "evaluate", "figures"):
+    for step in ("method_s0_pretrain", "method_s0_dx", "method_s0_lab", "method_s0_explain", "ecg_only_s0", "intervene",
+                 "realism_synthetic", "evaluate", "figures"):
         st = json.loads((pd_ / step / "stamp.json").read_text())
         assert st["status"] == "ok", (step, st)                     # … and does not stop the independent runs
         assert list((pd_ / step).glob("*.html")), step
     res = pd.read_csv(pd_ / "results.csv")
-    assert list(res.columns) == ["cohort", "model", "metric", "value", "ci_low", "ci_high", "n_seeds"]
+    assert list(res.columns) == ["cohort", "model", "metric", "seed", "value", "ci_low", "ci_high", "n_seeds"]
     got = set(zip(res.model, res.metric))
-    assert {("method", "dx_macro_auroc"), ("method", "dx_macro_auroc_curve"), ("method", "lab_macro_auroc"),
-            ("ecg_only", "dx_macro_auroc")} <= got
-    assert ((res.ci_low <= res.value) & (res.value <= res.ci_high)).all() and res.value.between(0, 1).all()
+    assert {("method", "dx_macro_auroc"), ("method", "dx_macro_auroc_distinct"), ("method", "dx_macro_auroc_curve"),
+            ("method", "lab_macro_auroc"), ("ecg_only", "dx_macro_auroc")} <= got
+    agg = res[res.seed.isna() & ~res.metric.str.startswith("claim:")]
+    assert ((agg.ci_low <= agg.value) & (agg.value <= agg.ci_high)).all() and agg.value.between(0, 1).all()
+    claims = pd.read_csv(pd_ / "claims.csv")                         # every declared claim, in order, with a verdict
+    assert claims.claim.tolist() == ["C1", "C3a", "C7"]
+    assert set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
+    assert (claims.ci_low <= claims.estimate).all() and (claims.mde > 0).all()
+    assert (pd_ / "results.md").read_text().index("## Claims") < (pd_ / "results.md").read_text().index("The paper's table")
     index = (pd_ / "index.html").read_text()
     assert "broken_s0" in index and "failed" in index and "method_s0_dx/finetune_dx.html" in index
-    assert "Explanations against the synthetic truth" in (pd_ / "results.md").read_text()
-    assert (pd_ / "figures" / "crosscorr_before_after.png").exists()
+    assert "Explanations by co-occurrence" in (pd_ / "results.md").read_text()
+    assert (pd_ / "figures" / "crosscorr_before_after.png").exists() and (pd_ / "figures" / "claims_forest.svg").exists()
+    nb = nbformat.read(pd_ / "method_s0_dx" / "finetune_dx.ipynb", as_version=4)    # notebooks show their plots
+    assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
 
 def test_rerun_skips_current_steps(tiny):
     root, plan, _ = tiny
