@@ -43,6 +43,7 @@ class Claim:
         if self.labels not in SUBSETS: raise ValueError(f"claim {self.id}: labels {self.labels!r} is not one of {SUBSETS}")
         if self.direction not in (">", "<") or self.head not in ("dx", "lab"):
             raise ValueError(f"claim {self.id}: direction must be > or <, head dx or lab")
+        if self.null and self.kind != "level": raise ValueError(f"claim {self.id}: only a level claim has a null other than 0")
 
     @classmethod
     def from_dict(cls, d: dict) -> Claim:
@@ -64,9 +65,10 @@ def verdict(low: float, high: float, null: float = 0.0, direction: str = ">") ->
     return ("supported" if above else "contradicted" if below else "inconclusive") if direction == ">" else \
            ("supported" if below else "contradicted" if above else "inconclusive")
 
-def mde(se: float) -> float:
-    "Minimum detectable effect at 80 % power for a two-sided 5 % test, in the estimate's units."
-    return (Z95 + Z80) * se
+def mde(se: float, df: float = np.inf) -> float:
+    "Minimum detectable effect at 80 % power for a two-sided 5 % test, in the estimate's units (t with `df`)."
+    from scipy.stats import t
+    return (t.ppf(.975, df) + t.ppf(.8, df)) * se
 
 # %% ../nbs/18_claims.ipynb #70d124af
 def distinct_columns(y: np.ndarray) -> np.ndarray:
@@ -81,11 +83,13 @@ def subset_mask(labels: list[str], y: np.ndarray, subset: str, visibility: dict 
                 tied: list[str] | None = None) -> np.ndarray:
     "Which label columns a claim's subset keeps (distinct columns first, for every subset but `all`)."
     if subset == "all": return np.ones(len(labels), bool)
-    keep = distinct_columns(y)
-    if subset == "distinct": return keep
-    if subset == "ecg_tied": return keep & np.isin(labels, tied or [])
-    if visibility is None: raise ValueError(f"label subset {subset!r} needs the synthetic truth's visibility classes")
-    return keep & np.array([visibility.get(l) == subset for l in labels])
+    if subset == "distinct": cls = np.ones(len(labels), bool)
+    elif subset == "ecg_tied": cls = np.isin(labels, tied or [])
+    elif visibility is None: raise ValueError(f"label subset {subset!r} needs the synthetic truth's visibility classes")
+    else: cls = np.array([visibility.get(l) == subset for l in labels])
+    keep = np.zeros(len(labels), bool)
+    keep[np.flatnonzero(cls)[distinct_columns(y[:, cls])]] = True     # the class first, then its distinct columns
+    return keep
 
 # %% ../nbs/18_claims.ipynb #9777d867
 @dataclass
@@ -98,14 +102,22 @@ class Predictions:
     study_ids: np.ndarray
 
 def summarise(estimate: float, boots: np.ndarray, per_seed: list[float], null: float = 0.0, direction: str = ">") -> dict:
-    "Estimate, standard errors (patients, seeds, total), normal 95 % interval, MDE and verdict."
-    se_p = float(np.nanstd(boots, ddof=1)) if len(boots) > 1 else np.nan
-    se_s = float(np.std(per_seed, ddof=1) / np.sqrt(len(per_seed))) if len(per_seed) > 1 else 0.0
-    se = float(np.hypot(se_p, se_s))
-    lo, hi = estimate - Z95 * se, estimate + Z95 * se
-    note = "one seed: training noise is not in the interval" if len(per_seed) < 2 else ""
-    return dict(estimate=float(estimate), ci_low=lo, ci_high=hi, mde=mde(se), verdict=verdict(lo, hi, null, direction),
-                se=se, se_patients=se_p, se_seeds=se_s, n_seeds=len(per_seed), note=note)
+    """Estimate, standard errors (patients, seeds, total), 95 % interval, MDE and verdict. The seed variance is
+    estimated from few seeds, so the interval uses a t quantile with Satterthwaite's degrees of freedom (the
+    bootstrap part counts as known): wide when the seeds disagree, normal when test sampling dominates."""
+    from scipy.stats import t
+    boots = np.asarray(boots, float)
+    boots = boots[np.isfinite(boots)]
+    se_p = float(np.std(boots, ddof=1)) if len(boots) > 1 else np.nan
+    S = len(per_seed)
+    v_s = float(np.var(per_seed, ddof=1) / S) if S > 1 else 0.0
+    se = float(np.sqrt(se_p ** 2 + v_s))
+    df = np.inf if v_s == 0 else (se ** 4) / (v_s ** 2 / (S - 1))
+    q = t.ppf(.975, df)
+    lo, hi = estimate - q * se, estimate + q * se
+    note = "one seed: training noise is not in the interval" if S < 2 else ""
+    return dict(estimate=float(estimate), ci_low=lo, ci_high=hi, mde=mde(se, df), verdict=verdict(lo, hi, null, direction),
+                se=se, se_patients=se_p, se_seeds=float(np.sqrt(v_s)), df=float(df), n_seeds=S, note=note)
 
 # %% ../nbs/18_claims.ipynb #22cd7339
 def _combine(kind: str, m: dict, claim: Claim):
@@ -137,7 +149,7 @@ class ClaimEvaluator:
 def _check_same_records(claim: Claim, ps: list[Predictions]) -> None:
     ref = ps[0]
     for p in ps[1:]:
-        if not (np.array_equal(p.study_ids, ref.study_ids) and p.labels == ref.labels):
+        if not (np.array_equal(p.study_ids, ref.study_ids) and p.labels == ref.labels and np.array_equal(p.y, ref.y, equal_nan=True)):
             raise ValueError(f"claim {claim.id}: its runs were not scored on the same records and labels")
 
 def evaluate_claim(claim: Claim, ev: ClaimEvaluator) -> dict:
@@ -158,5 +170,9 @@ def evaluate_claim(claim: Claim, ev: ClaimEvaluator) -> dict:
     est = float(_combine(claim.kind, {k: float(np.mean(point[k])) for k in keys}, claim))
     null = claim.null if claim.kind == "level" else 0.0      # a level claim reports the AUROC itself, against its null
     row = summarise(est, _combine(claim.kind, boots, claim), per_seed, null, claim.direction)
+    if claim.kind == "share":   # a share of a gap means something only where the gap itself is there
+        gap = boots[claim.cohort, claim.c] - boots[claim.cohort, claim.b]
+        if (gap <= 0).mean() > .025:
+            row.update(verdict="inconclusive", note=f"the gap {claim.b} → {claim.c} is not established ({(gap <= 0).mean():.0%} of resamples ≤ 0)")
     return {**claim.__dict__, **row, "seeds": seeds, "n_records": len(ps[0].y), "n_patients": int(len(np.unique(ps[0].groups))),
             "n_labels": int(mask.sum()), **{f"macro_{m}": float(np.mean(point[k])) for k, m in zip(keys, [f"{c}/{x}" for c, x in keys])}}

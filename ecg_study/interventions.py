@@ -4,6 +4,7 @@
 
 # %% ../nbs/19_interventions.ipynb #63335ce7
 from __future__ import annotations
+import json
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -15,8 +16,8 @@ from .synth import ADC_GAIN, regenerate_record, to_adc
 from .training import DiagnosisModule, LabModule, TrainConfig, load_encoder
 
 # %% auto #0
-__all__ = ['INTERVENTIONS', 'intervened_signals', 'load_head', 'head_logits', 'intervention_signals', 'intervention_effects',
-           'causal_score', 'causal_claim']
+__all__ = ['INTERVENTIONS', 'intervened_signals', 'load_head', 'head_logits', 'intervention_signals', 'intervention_signs',
+           'intervention_effects', 'causal_score', 'causal_claim']
 
 # %% ../nbs/19_interventions.ipynb #82956c1d
 INTERVENTIONS = {   # 0: a label the intervention must leave alone (specificity)
@@ -66,8 +67,17 @@ def intervention_signals(raw_dir, ids_by_part: dict, interventions: dict = INTER
     return {(part, name): intervened_signals(raw_dir, ids, **do) for part, ids in ids_by_part.items()
             for name, do in [("stored", {})] + [(n, d) for n, (d, _) in interventions.items()]}
 
-def intervention_effects(run_dir, signals: dict, ids_by_part: dict, interventions: dict = INTERVENTIONS) -> pd.DataFrame:
-    "Long table: part, study_id, intervention, label, expected sign, logit as stored, its change under do, change in SDs."
+def intervention_signs(raw_dir, ids_by_part: dict, interventions: dict = INTERVENTIONS) -> dict:
+    "Per (part, intervention): the sign of (set value − the record's own value), +1 when do raises the lab."
+    states = json.loads((Path(raw_dir) / "truth" / "ecg_states.json").read_text())
+    return {(part, name): np.array([np.sign(sum(v - states[str(int(s))][k] for k, v in do.items())) for s in ids])
+            for part, ids in ids_by_part.items() for name, (do, _) in interventions.items()}
+
+def intervention_effects(run_dir, signals: dict, ids_by_part: dict, interventions: dict = INTERVENTIONS,
+                         signs: dict | None = None) -> pd.DataFrame:
+    """Long table: part, study_id, intervention, label, expected sign, logit as stored, its change under do, change in
+    SDs. With `signs`, a record whose lab already lies beyond the set value expects the opposite move (and one
+    already at it, none: it is left out)."""
     rows = []
     for part, ids in ids_by_part.items():
         module, labels = load_head(Path(run_dir) if part is None else Path(run_dir) / f"part{part}")
@@ -77,8 +87,10 @@ def intervention_effects(run_dir, signals: dict, ids_by_part: dict, intervention
             cols = [(labels.index(l), l, e) for l, e in expect.items() if l in labels]
             if not cols: continue
             d = head_logits(module, signals[part, name]) - base
-            rows += [dict(part=part, study_id=int(s), intervention=name, label=l, expected=e, logit=float(base[i, k]),
-                          delta=float(d[i, k]), delta_sd=float(d[i, k] / sd[k])) for k, l, e in cols for i, s in enumerate(ids)]
+            sg = np.ones(len(ids)) if signs is None else signs[part, name]
+            rows += [dict(part=part, study_id=int(s), intervention=name, label=l, expected=int(e * sg[i]) if e else 0,
+                          logit=float(base[i, k]), delta=float(d[i, k]), delta_sd=float(d[i, k] / sd[k]))
+                     for k, l, e in cols for i, s in enumerate(ids) if sg[i] != 0]
     return pd.DataFrame(rows)
 
 def causal_score(effects: pd.DataFrame) -> pd.Series:

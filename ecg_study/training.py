@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_training.ipynb #36eb6f51
 from __future__ import annotations
-import contextlib, hashlib, json, logging, time, warnings
+import contextlib, hashlib, json, logging, re, shutil, time, warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 import numpy as np
@@ -343,6 +343,8 @@ def _fit(module: L.LightningModule, loaders: dict, cfg: TrainConfig, run_dir: Pa
                          "use a new run folder (or delete its checkpoints/) to train this one")
     resume = cfg.resume and last.exists()
     if resume: log.info(f"resuming from {last}")
+    elif (run_dir / "checkpoints").exists() and rank_zero_only.rank == 0:
+        shutil.rmtree(run_dir / "checkpoints")    # a fresh fit: an old best-*.ckpt would be kept as "the best"
     if rank_zero_only.rank == 0: stamp.parent.mkdir(parents=True, exist_ok=True); stamp.write_text(fp)
     trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(last) if resume else None)
     return trainer
@@ -427,7 +429,11 @@ def load_encoder(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 def _encoder_cfg(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
-    "`cfg` with the ECG encoder sizes of the checkpoint."
+    "`cfg` with the ECG encoder sizes of the checkpoint, which must have been trained on the same split."
+    split = (ckpt["cfg"].get("crossfit", 0), ckpt["cfg"].get("part", -1) if ckpt["cfg"].get("crossfit", 0) else -1)
+    if split != (cfg.crossfit, cfg.part if cfg.crossfit else -1):
+        raise ValueError(f"encoder trained on split (crossfit, part) = {split}, not {(cfg.crossfit, cfg.part)}: "
+                         "its training folds may hold this run's test patients")
     sizes = {k: ckpt["cfg"][k] for k in ("d_model", "n_layers", "d_state")}
     if any(getattr(cfg, k) != v for k, v in sizes.items()):
         log.warning(f"encoder checkpoint has sizes {sizes}; using them instead of the configured ones")
@@ -448,7 +454,8 @@ def _val_best(trainer) -> float:
 
 def _epochs(trainer, best: str | None) -> dict:
     "Epochs run and the epoch whose weights were kept (the best on validation; the last when none was scored)."
-    kept = int(Path(best).stem.split("=")[-1]) if best and "best-epoch=" in Path(best).name else trainer.current_epoch - 1
+    m = re.search(r"epoch=(\d+)", Path(best).name) if best else None
+    kept = int(m.group(1)) if m else trainer.current_epoch - 1
     return {"epochs": trainer.current_epoch, "epoch_kept": kept, "stopped_early": trainer.current_epoch < trainer.max_epochs}
 
 # %% ../nbs/10_training.ipynb #fc9d159f
@@ -457,9 +464,17 @@ def part_path(path, part: int) -> Path:
     path = Path(path)
     return path.parent / f"part{part}" / path.name if path.suffix else path / f"part{part}"
 
+def _ranks(s: np.ndarray) -> np.ndarray:
+    "Scores as within-set percentile ranks, per column (ties share their mean rank)."
+    from scipy.stats import rankdata
+    return (rankdata(s, axis=0) / len(s)).astype(np.float32)
+
 def pool_predictions(run_dir, n_parts: int, split: str = "test") -> dict:
-    "Concatenate the parts' `split` predictions into `run_dir/{split}_predictions.npz`, ordered by cohort row."
+    """Concatenate the parts' `split` predictions into `run_dir/{split}_predictions.npz`, ordered by cohort row.
+    Scores become within-part percentile ranks: the parts are different models, and a calibration difference
+    between them must not lower (or raise) an AUROC computed over the pooled records."""
     parts = [load_predictions(part_path(run_dir, g), split) for g in range(n_parts)]
+    for p in parts: p["y_score"] = _ranks(p["y_score"])
     if any(p["labels"] != parts[0]["labels"] for p in parts): raise ValueError(f"{run_dir}: the parts predict different labels")
     pred = {k: np.concatenate([p[k] for p in parts]) for k in ("y_true", "y_score", "study_ids", "rows")}
     if len(np.unique(pred["rows"])) != len(pred["rows"]): raise ValueError(f"{run_dir}: a record is tested by two parts")

@@ -55,6 +55,14 @@ a = "method"
 head = "lab"
 null = 0.5
 [[claims]]
+id = "C3b"
+statement = "ECG-tied labs from the ECG"
+kind = "level"
+a = "method"
+head = "lab"
+labels = "ecg_tied"
+null = 0.5
+[[claims]]
 id = "C7"
 stage = "intervene"
 [[runs]]
@@ -110,7 +118,7 @@ def test_tiny_plan_end_to_end(tiny):
     agg = res[res.seed.isna() & ~res.metric.str.startswith("claim:")]
     assert ((agg.ci_low <= agg.value) & (agg.value <= agg.ci_high)).all() and agg.value.between(0, 1).all()
     claims = pd.read_csv(pd_ / "claims.csv")                         # every declared claim, in order, with a verdict
-    assert claims.claim.tolist() == ["C1", "C3a", "C7"]
+    assert claims.claim.tolist() == ["C1", "C3a", "C3b", "C7"]
     assert set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
     assert (claims.ci_low <= claims.estimate).all() and (claims.mde > 0).all()
     assert (pd_ / "results.md").read_text().index("## Claims") < (pd_ / "results.md").read_text().index("The paper's table")
