@@ -331,7 +331,7 @@ def true_labs(states: dict, female: np.ndarray, rng: np.random.Generator) -> pd.
 ECG_EFFECTS = {r["name"]: float(r["value"]) for r in read_table("ecg_effects")}
 DEFAULT_STATE = dict(
     af=False, lbbb=False, rbbb=False, stemi=None, nstemi=False, old_mi=None, lvh=False, heart_failure=False,
-    hr_base=72.0, potassium=4.2, calcium=9.3, hemoglobin=14.0, temperature=37.0,
+    hr_base=ECG_EFFECTS["hr_base_mean"], potassium=4.2, calcium=9.3, hemoglobin=14.0, temperature=37.0,
     age=60.0, female=False, coupling=1.0, noise=1.0, mains_hz=60.0, morph_seed=None)
 TERRITORIES = ("anterior", "inferior", "lateral")
 NORMAL = dict(potassium=4.2, calcium=9.3, hemoglobin=14.0)    # the labs that shape the ECG
@@ -635,7 +635,7 @@ def sample_patients(n: int, rng: np.random.Generator) -> pd.DataFrame:
         "anchor_year": rng.integers(2110, 2201, n), "anchor_year_group": rng.choice(YEAR_GROUPS, n),
         "race": _choice(rng, RACES, n), **{c: ctx[c] for c in CHRONIC},
         "old_mi_territory": rng.choice(TERRITORIES, n, p=[.4, .4, .2]),
-        "hr_base": rng.normal(74, 9, n) - .08 * (age - 60), "height_in": height,
+        "hr_base": rng.normal(ECG_EFFECTS["hr_base_mean"], ECG_EFFECTS["hr_base_sd"], n) - .08 * (age - 60), "height_in": height,
         "weight_lb": bmi * height ** 2 / 703.0, "n_stays": n_stays})
 
 # %% ../nbs/01_synth.ipynb #3beee57d
