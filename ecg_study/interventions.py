@@ -11,9 +11,12 @@ import pandas as pd
 import torch
 from .core import MIMIC_LEADS, RAW_FS
 from .datasets import eval_windows
+from .models import over_windows
 from .signals import lead_columns, preprocess
-from .synth import ADC_GAIN, regenerate_record, to_adc
-from .training import DiagnosisModule, LabModule, TrainConfig, load_encoder
+from .synth.records import regenerate_record
+from .wfdb_write import ADC_GAIN, to_adc
+from .run_config import TrainConfig, load_checkpoint
+from .training import DiagnosisModule, LabModule
 
 # %% auto #0
 __all__ = ['INTERVENTIONS', 'intervened_signals', 'load_head', 'head_logits', 'intervention_signals', 'intervention_signs',
@@ -43,7 +46,7 @@ def intervened_signals(raw_dir, study_ids, **do) -> np.ndarray:
 # %% ../nbs/19_interventions.ipynb #3da46fd0
 def load_head(run_dir) -> tuple[torch.nn.Module, list[str]]:
     "The trained module (eval mode) of a finetune_dx / finetune_lab / ecg_only run folder and its label columns."
-    ckpt = load_encoder(run_dir)
+    ckpt = load_checkpoint(run_dir)
     cfg = TrainConfig.from_dict(ckpt["cfg"])
     if ckpt["stage"] == "finetune_dx": module = DiagnosisModule(cfg, len(ckpt["labels"]))
     elif ckpt["stage"] == "finetune_lab": module = LabModule(cfg, len(ckpt["labels"]), ckpt["ecg_encoder"])
@@ -57,8 +60,7 @@ def head_logits(module, signals: np.ndarray, batch_size: int = 128) -> np.ndarra
     out = []
     for i in range(0, len(signals), batch_size):
         w = torch.from_numpy(np.stack([eval_windows(x) for x in signals[i:i + batch_size]]))
-        B, W = w.shape[:2]
-        out.append(module.logits(w.flatten(0, 1), None).float().view(B, W, -1).mean(1).numpy())
+        out.append(over_windows(lambda v: module.logits(v, None).float(), w).numpy())
     return np.concatenate(out)
 
 # %% ../nbs/19_interventions.ipynb #1275abf1
@@ -71,7 +73,7 @@ def intervention_signs(raw_dir, ids_by_part: dict, interventions: dict = INTERVE
     """Per (part, intervention) and record: +1 where do moves the record's lab the way the intervention is named
     (potassium 6.5 raises it from normal), −1 where the record's own value already lies beyond the set value,
     0 where it sits on it."""
-    from ecg_study.synth import NORMAL
+    from ecg_study.synth.ecg import NORMAL
     states = json.loads((Path(raw_dir) / "truth" / "ecg_states.json").read_text())
     named = {name: np.sign(sum(v - NORMAL[k] for k, v in do.items())) for name, (do, _) in interventions.items()}
     return {(part, name): named[name] * np.array([np.sign(sum(v - states[str(int(s))][k] for k, v in do.items())) for s in ids])
@@ -102,6 +104,7 @@ def causal_score(effects: pd.DataFrame) -> pd.Series:
     e = effects[effects["expected"] != 0]
     return (e["delta_sd"] * e["expected"]).groupby(e["study_id"]).mean()
 
+# %% ../nbs/19_interventions.ipynb #d55347e8
 def causal_claim(scores_a: dict, scores_b: dict, groups: pd.Series, n_boot: int = 1000, seed: int = 0) -> dict:
     """Model a's mean causal score minus model b's, seeds paired (`{seed: per-record Series}`), with the claims'
     interval: a bootstrap over patients (`groups`: study_id → patient) plus the seeds' spread."""

@@ -14,7 +14,7 @@ _log = get_logger(__name__)
 
 # %% auto #0
 __all__ = ['fast_auroc', 'per_label_auroc', 'macro_auroc', 'icd10_chapter', 'auroc_by_group', 'resample_weights', 'label_aurocs',
-           'bootstrap_ci', 'paired_bootstrap', 'bootstrap_seed_mean', 'paired_seed_bootstrap', 'aggregate_windows']
+           'bootstrap_ci', 'paired_bootstrap', 'bootstrap_seed_mean', 'paired_seed_bootstrap']
 
 # %% ../nbs/09_metrics.ipynb #6160a0b8
 def _check_labels(y_true, y_score):
@@ -93,6 +93,7 @@ def _label_names(y_true, labels):
     if labels is not None: return list(labels)
     return list(y_true.columns) if isinstance(y_true, pd.DataFrame) else [str(k) for k in range(np.shape(y_true)[1])]
 
+# %% ../nbs/09_metrics.ipynb #aafa0c7c
 def per_label_auroc(y_true, y_score, labels=None) -> pd.DataFrame:
     "AUROC, positives and negatives per label (NaN = masked rows ignored); auroc is NaN for a single-class label."
     names = _label_names(y_true, labels)
@@ -176,6 +177,7 @@ def _defined(boots, what):
     if not ok.all(): _log.info(f"{what}: skipped {int((~ok).sum())} of {len(ok)} resamples with an undefined metric")
     return boots[ok]
 
+# %% ../nbs/09_metrics.ipynb #def7ef61
 def bootstrap_ci(y_true, y_score, metric="mean_auroc", n_boot=1000, seed=0, alpha=0.05, groups=None):
     "Point estimate and (1 − alpha) bootstrap interval of a macro AUROC over resampled records: (point, low, high)."
     y, s = _check_labels(y_true, y_score)
@@ -215,16 +217,3 @@ def paired_seed_bootstrap(y_true, scores_a: list, scores_b: list, metric="mean_a
     low, high = np.quantile(d, [alpha / 2, 1 - alpha / 2])
     p = min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))
     return dict(diff=float(point[:na].mean() - point[na:].mean()), low=float(low), high=float(high), p_value=float(p))
-
-# %% ../nbs/09_metrics.ipynb #637aa2d3
-def aggregate_windows(scores, n_windows: int = 4, logits: bool = False) -> np.ndarray:
-    "Mean sigmoid output over each record's windows: (N, n_windows, K) or record-major (N*n_windows, K) → (N, K)."
-    x = np.asarray(scores, dtype=float)
-    if x.ndim == 2:
-        if len(x) % n_windows: raise ValueError(f"{len(x)} rows is not a multiple of {n_windows} windows")
-        x = x.reshape(len(x) // n_windows, n_windows, x.shape[1])
-    if x.ndim != 3 or x.shape[1] != n_windows:
-        raise ValueError(f"scores of shape {np.shape(scores)} are neither (N, {n_windows}, K) nor (N*{n_windows}, K)")
-    if logits: x = 1 / (1 + np.exp(-x))
-    elif ((x < 0) | (x > 1)).any(): raise ValueError("scores outside [0, 1]: pass logits=True for raw model outputs")
-    return x.mean(1)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['Projector', 'MLPHead', 'ECGClassifier', 'FusionModel', 'freeze_encoder', 'count_parameters']
+__all__ = ['Projector', 'MLPHead', 'FusionModel', 'over_windows', 'freeze_encoder']
 
 # %% ../nbs/08_models.ipynb #64a57bd7
 def _mlp(d_in: int, dims, bn: bool, dropout: float, last_bias: bool) -> nn.Sequential:
@@ -41,14 +41,6 @@ class MLPHead(nn.Module):
     def forward(self, x): return self.net(self.dropout(x))
 
 # %% ../nbs/08_models.ipynb #86474d66
-class ECGClassifier(nn.Module):
-    "ECG encoder followed by a head: (B, L, leads) → logits (B, n_out)."
-    def __init__(self, encoder: nn.Module, head: nn.Module):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, ecg): return self.head(self.encoder(ecg))
-
 class FusionModel(nn.Module):
     "Late fusion: concat(ECG embedding, tabular embedding) → Linear → logits (B, n_out)."
     def __init__(self, ecg_encoder: nn.Module, tab_encoder: nn.Module, n_out: int, dropout: float = 0.0):
@@ -58,6 +50,11 @@ class FusionModel(nn.Module):
 
     def forward(self, ecg, x_cont, mask, x_cat):
         return self.head(torch.cat([self.ecg_encoder(ecg), self.tab_encoder(x_cont, mask, x_cat)], 1))
+
+def over_windows(fn, x: torch.Tensor) -> torch.Tensor:
+    "`fn` of every window of records x (B, W, …), averaged over each record's W windows: (B, …)."
+    return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2]).mean(1)
+
 
 # %% ../nbs/08_models.ipynb #9df01c26
 def _resolve_depth(encoder: nn.Module, depth) -> int:
@@ -81,7 +78,3 @@ def freeze_encoder(encoder: nn.Module, depth) -> list[nn.Module]:
     encoder._freeze_hooks = [m.register_forward_pre_hook(_stay_eval) for m in frozen]
     encoder.frozen_depth = depth
     return frozen
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    "Number of parameters (only those with requires_grad if `trainable_only`)."
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import numpy as np
 import pandas as pd
-import matplotlib
 import matplotlib.pyplot as plt
 from .core import STUDY_LEADS
 

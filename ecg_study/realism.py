@@ -22,7 +22,7 @@ __all__ = ['AMP_LEADS', 'GLOBAL_LEADS', 'INTERVALS', 'AMPLITUDES', 'NOISE', 'MEA
 def synth_signals(states, n: int | None = None, fs: int = 100, seed: int = 0) -> np.ndarray:
     "Simulated (N, samples, 12) mV records in STUDY_LEADS order: one state dict repeated `n` times, or a list of states."
     from ecg_study.core import MIMIC_LEADS
-    from ecg_study.synth import DEFAULT_STATE, simulate_ecg
+    from ecg_study.synth.ecg import DEFAULT_STATE, simulate_ecg
     states = [states] * n if isinstance(states, dict) else list(states)
     idx = [MIMIC_LEADS.index(l) for l in STUDY_LEADS]
     out = []

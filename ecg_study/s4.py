@@ -79,6 +79,7 @@ class _FFTConv(torch.autograd.Function):
         gu = torch.fft.irfft(G.mul_(Kf.conj()), n=n)[..., :ctx.L] if ctx.needs_input_grad[0] else None
         return gu, gk
 
+# %% ../nbs/05_s4.ipynb #6debdebf
 def fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     "Convolve u (B, H, L) with a circular kernel k (H, n ≥ 2L) channel-wise; returns (B, H, L) (a view of the first L of n)."
     if u.dim() != 3 or k.dim() != 2 or k.shape[0] != u.shape[1] or k.shape[1] < 2 * u.shape[2]:

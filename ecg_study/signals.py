@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_signals.ipynb #3a5e00e2
 from __future__ import annotations
-import hashlib, json, os
+import hashlib, json
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from fractions import Fraction
@@ -15,10 +15,10 @@ import pandas as pd
 import wfdb
 from scipy.signal import resample_poly
 from tqdm import tqdm
-from .core import CLIP_MV, FS, N_SAMPLES, STUDY_LEADS, get_logger
+from .core import CLIP_MV, FS, N_SAMPLES, STUDY_LEADS, atomic_write, get_logger
 
 # %% auto #0
-__all__ = ['MIN_SECONDS', 'TODO', 'OK', 'SKIPPED', 'RecordError', 'lead_columns', 'mv_scale', 'read_record', 'interpolate_nan',
+__all__ = ['MIN_SECONDS', 'PENDING', 'OK', 'SKIPPED', 'RecordError', 'lead_columns', 'mv_scale', 'read_record', 'interpolate_nan',
            'resample', 'preprocess', 'prepare_record', 'status_paths', 'write_signals', 'signal_status',
            'compact_signals']
 
@@ -31,18 +31,18 @@ class RecordError(ValueError):
     def __reduce__(self): return (type(self), (self.path, self.problem, self.kind))
 
 # %% ../nbs/02_signals.ipynb #171f4536
-_LEAD_KEYS = [l.lower() for l in STUDY_LEADS]
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}  # µ: micro sign and Greek mu
 MIN_SECONDS = 2.5  # one training crop
 
-def lead_columns(sig_names, path="record") -> list[int]:
-    "Column index of each of `STUDY_LEADS` in `sig_names`, matched case-insensitively."
+def lead_columns(sig_names, path="record", order=STUDY_LEADS) -> list[int]:
+    "Column index of each lead of `order` (default `STUDY_LEADS`) in `sig_names`, matched case-insensitively."
+    want = [l.lower() for l in order]
     keys = [str(n).strip().lower() for n in sig_names]
-    dup = sorted({k for k in keys if k in _LEAD_KEYS and keys.count(k) > 1})
+    dup = sorted({k for k in keys if k in want and keys.count(k) > 1})
     if dup: raise RecordError(path, f"duplicate leads {dup}", "duplicate leads")
-    missing = [l for l, k in zip(STUDY_LEADS, _LEAD_KEYS) if k not in keys]
+    missing = [l for l, k in zip(order, want) if k not in keys]
     if missing: raise RecordError(path, f"missing leads {missing} (has {list(sig_names)})", "missing leads")
-    return [keys.index(k) for k in _LEAD_KEYS]
+    return [keys.index(k) for k in want]
 
 def mv_scale(units, path="record") -> np.ndarray:
     "Factor per channel that converts the header's `units` to mV."
@@ -79,6 +79,7 @@ def _units(base: Path, units: list, cols: list[int]) -> list[str]:
     token = [l[2].split("/", 1)[1] if len(l) > 2 and "/" in l[2] else "mV" for l in lines]  # WFDB default: mV
     return [token[c] if units[c] == "V" and c < len(token) else units[c] for c in cols]
 
+# %% ../nbs/02_signals.ipynb #9eee28b8
 def read_record(path) -> tuple[np.ndarray, float]:
     "Read a WFDB record as (samples × 12 float32 mV in `STUDY_LEADS` order, sampling rate)."
     base = _record_base(path)
@@ -133,8 +134,8 @@ def prepare_record(path) -> np.ndarray:
     except ValueError as e: raise RecordError(_record_base(path), str(e), "all-NaN lead") from e
 
 # %% ../nbs/02_signals.ipynb #21d2c409
-TODO, OK, SKIPPED = 0, 1, 2
-_STATUS_NAMES = {TODO: "todo", OK: "ok", SKIPPED: "skipped"}
+PENDING, OK, SKIPPED = 0, 1, 2   # per-record status of the signal store
+_STATUS_NAMES = {PENDING: "pending", OK: "ok", SKIPPED: "skipped"}
 
 def status_paths(out_npy) -> tuple[Path, Path]:
     "The two sidecar files of a signal store: per-row status codes (.status.npy) and metadata (.status.json)."
@@ -144,18 +145,16 @@ def status_paths(out_npy) -> tuple[Path, Path]:
 def _paths_sha1(paths: list[str]) -> str:
     return hashlib.sha1("\n".join(paths).encode()).hexdigest()
 
-def _atomic_write(path: Path, write) -> None:
-    "Write through `write(file)` to a temporary file, fsync it, then rename it over `path`."
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _save_npy(path: Path, a: np.ndarray) -> None:
+    with open(path, "wb") as f: np.save(f, a)
 
 def _save_progress(out_npy, status: np.ndarray, meta: dict) -> None:
+    "Write the sidecars atomically and fsynced (`core.atomic_write`): a crash leaves the previous progress, never half a file."
     st, js = status_paths(out_npy)
-    _atomic_write(js, lambda f: f.write(json.dumps(meta).encode()))
-    _atomic_write(st, lambda f: np.save(f, status))
+    atomic_write(js, lambda p: p.write_bytes(json.dumps(meta).encode()), fsync=True)
+    atomic_write(st, lambda p: _save_npy(p, status), fsync=True)
 
+# %% ../nbs/02_signals.ipynb #b93d44e2
 def _open_store(paths: list[str], out_npy: Path, dtype) -> tuple[np.ndarray, dict]:
     "Create the memmap and its sidecars, or check that existing ones belong to these paths; return status and meta."
     st, js = status_paths(out_npy)
@@ -188,6 +187,7 @@ def _prepare_chunk(rows: np.ndarray, paths: list[str], dtype: str):
         except RecordError as e: skips[int(row)] = (e.kind, str(e))
     return rows, out, skips
 
+# %% ../nbs/02_signals.ipynb #1063c90b
 def _run_chunks(chunks, paths, dtype, n_jobs):
     "Yield prepared chunks, in-process for one job, else from a process pool with at most 2 chunks per worker in flight."
     if n_jobs <= 1:
@@ -210,7 +210,7 @@ def write_signals(paths: list, out_npy, n_jobs: int = 2, progress: bool = True,
     "Prepare every record of `paths` into row i of the memmap `out_npy`, resumably; return path, status, kind, reason per row."
     log, paths, out_npy = get_logger(__name__), [str(p) for p in paths], Path(out_npy)
     status, meta = _open_store(paths, out_npy, dtype)
-    todo = np.flatnonzero(status == TODO)
+    todo = np.flatnonzero(status == PENDING)
     chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
     signals = np.load(out_npy, mmap_mode="r+")
     with tqdm(total=len(todo), disable=not progress, desc=f"signals → {out_npy.name}", unit="rec") as bar:
@@ -246,11 +246,9 @@ def compact_signals(src_npy, keep_mask, dst_npy, chunk_rows: int = 1024) -> Path
     keep = np.flatnonzero(np.asarray(keep_mask, bool))
     if len(keep_mask) != len(src):
         raise ValueError(f"{src_npy}: keep_mask has {len(keep_mask)} rows, the store {len(src)}")
-    dst_npy = Path(dst_npy)
-    tmp = dst_npy.with_name(dst_npy.name + ".tmp")
-    dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep),) + src.shape[1:])
-    for i in range(0, len(keep), chunk_rows):
-        dst[i:i + chunk_rows] = src[keep[i:i + chunk_rows]]
-    dst.flush(); del dst, src
-    os.replace(tmp, dst_npy)
-    return dst_npy
+    def copy(tmp):
+        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep),) + src.shape[1:])
+        for i in range(0, len(keep), chunk_rows):
+            dst[i:i + chunk_rows] = src[keep[i:i + chunk_rows]]
+        dst.flush(); del dst
+    return atomic_write(dst_npy, copy)

@@ -4,32 +4,22 @@
 
 # %% ../nbs/12_study.ipynb #4bb6887f
 from __future__ import annotations
-import hashlib, json, os, re, shutil, time, tomllib
+import hashlib, json, os, re, shutil, tempfile, time, uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from .core import get_logger
+from .plans import ROOT, RUN_KEYS, load_plan, run_seeds, run_tag, stage_parameters
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
 
 log = get_logger("ecg_study.study")
 
 # %% auto #0
-__all__ = ['log', 'ROOT', 'plan_path', 'Step', 'code_hash', 'step_key', 'expand_plan', 'PrivacyError', 'notebook_output_text',
-           'privacy_check', 'cohort_identifiers', 'StepResult', 'render_html', 'step_paths', 'execute_step',
-           'read_stamp', 'schedule', 'timing_table', 'write_index', 'run_plan', 'write_metrics', 'stage_runs']
-
-# %% ../nbs/12_study.ipynb #11303c1e
-import ecg_study
-ROOT = Path(ecg_study.__file__).resolve().parents[1]
-
-def plan_path(plan: str | Path) -> Path:
-    "The TOML file of a plan given by name (`quick`) or path."
-    p = Path(plan)
-    if p.suffix == ".toml": return p
-    p = ROOT / "nbs" / "plans" / f"{plan}.toml"
-    if not p.exists():
-        known = sorted(q.stem for q in (ROOT / "nbs" / "plans").glob("*.toml"))
-        raise FileNotFoundError(f"no plan {plan!r} at {p}; known plans: {known}")
-    return p
+__all__ = ['log', 'Step', 'code_hash', 'step_key', 'expand_plan', 'PrivacyError', 'notebook_output_text', 'privacy_check',
+           'cohort_identifiers', 'StepResult', 'render_html', 'step_paths', 'IPCKernelManager', 'stage_params',
+           'execute_step', 'read_stamp', 'select_steps', 'schedule', 'timing_table', 'write_index', 'run_plan',
+           'write_metrics', 'stage_runs']
 
 # %% ../nbs/12_study.ipynb #55383117
 @dataclass
@@ -48,8 +38,8 @@ def _sha(*parts) -> str:
     return h.hexdigest()[:16]
 
 def code_hash(root: Path = ROOT) -> str:
-    "Hash of the library source and its data tables (`ecg_study/*.py`, `ecg_study/data/*`): a change invalidates cached steps."
-    files = sorted((root / "ecg_study").glob("*.py")) + sorted((root / "ecg_study" / "data").glob("*"))
+    "Hash of the library source and its data tables (`ecg_study/**/*.py`, `ecg_study/data/*`): a change invalidates cached steps."
+    files = sorted((root / "ecg_study").rglob("*.py")) + sorted((root / "ecg_study" / "data").glob("*"))
     return _sha(*[p.read_bytes() for p in files if p.name != "_modidx.py"])
 
 def step_key(step: Step, upstream: dict[str, str], code: str, root: Path = ROOT) -> str:
@@ -64,20 +54,20 @@ def _cohort_steps(plan: dict) -> list[Step]:
     return [Step(f"prepare_{name}", "prepare", {"cohort": name, **{k: expand(v) for k, v in c.items()}}, group="prepare")
             for name, c in plan["cohorts"].items()]
 
-_RUN_KEYS = ("name", "kind", "seeds", "cohort", "model", "pretrain", "encoder_from", "lab")
 
-def _run_steps(run: dict, defaults: dict) -> list[Step]:
-    cfg = {**defaults, **{k: v for k, v in run.items() if k not in _RUN_KEYS}}
+def _run_steps(run: dict, plan: dict) -> list[Step]:
+    defaults = plan.get("defaults", {})
+    cfg = {**defaults, **{k: v for k, v in run.items() if k not in RUN_KEYS}}
     cfg.pop("seeds", None)
     cohort, name, steps = run.get("cohort", "synthetic"), run["name"], []
-    for seed in run.get("seeds", defaults.get("seeds", [0])):
+    for seed in run_seeds(run, plan):
         c = {**cfg, "seed": seed}
         base = dict(run=name, model=run.get("model", name), cohort=cohort, seed=seed)
-        tag, data = f"{name}_s{seed}", [f"prepare_{cohort}"]
+        tag, data = run_tag(name, seed), [f"prepare_{cohort}"]
         if run["kind"] == "method":
             # pre-train (own, another run's, or none), then diagnoses, then the lab head
             src = run.get("encoder_from")
-            pre = f"{src}_s{seed}_pretrain" if src else (f"{tag}_pretrain" if run.get("pretrain", True) else "")
+            pre = f"{run_tag(src, seed)}_pretrain" if src else (f"{tag}_pretrain" if run.get("pretrain", True) else "")
             if pre and not src:
                 steps.append(Step(pre, "pretrain", {**base, "cfg": c}, data, name))
             dx = f"{tag}_dx"
@@ -90,13 +80,14 @@ def _run_steps(run: dict, defaults: dict) -> list[Step]:
             raise ValueError(f"run {name!r}: unknown kind {run['kind']!r} (method | supervised)")
     return steps
 
+# %% ../nbs/12_study.ipynb #46c9d381
 def _explain_steps(plan: dict) -> list[Step]:
     "An `explain_eval` step for the first seed of each run named in `[explain] runs`."
     out, runs = [], {r["name"]: r for r in plan["runs"]}
     for name in plan.get("explain", {}).get("runs", []):
         r = runs[name]
-        seed = r.get("seeds", plan.get("defaults", {}).get("seeds", [0]))[0]
-        tag = f"{name}_s{seed}"
+        seed = run_seeds(r, plan)[0]
+        tag = run_tag(name, seed)
         out.append(Step(f"{tag}_explain", "explain_eval", dict(run=name, model=r.get("model", name), cohort=r.get("cohort", "synthetic"),
                         seed=seed, dx_step=f"{tag}_dx", lab_step=f"{tag}_lab"), [f"{tag}_lab"], name))
     return out
@@ -115,7 +106,7 @@ def _intervene_steps(plan: dict, steps: list[Step]) -> list[Step]:
 def expand_plan(plan: dict) -> list[Step]:
     "All steps of a plan in dependency order: cohorts, runs, explanations, interventions, then evaluate and figures."
     steps = _cohort_steps(plan)
-    for run in plan["runs"]: steps += _run_steps(run, plan.get("defaults", {}))
+    for run in plan["runs"]: steps += _run_steps(run, plan)
     steps += _explain_steps(plan)
     steps += _intervene_steps(plan, steps)
     if "realism" in plan:   # the simulator against real ECGs: needs only the prepared cohort
@@ -197,6 +188,21 @@ def _identifiers(step: Step, plan_dir: Path) -> set[int]:
     d = step_paths(plan_dir, step).get("data_dir")
     return cohort_identifiers(Path(d)) if d and (Path(d) / "manifest.json").exists() else set()
 
+class IPCKernelManager(AsyncKernelManager):
+    "Stage kernels over IPC sockets (local only, without the kernel's TCP-without-encryption warning), one socket prefix each."
+    @default("transport")
+    def _transport_default(self): return "ipc"
+
+    @default("ip")   # unique: steps start kernels side by side, and the default prefix is shared
+    def _ip_default(self): return os.path.join(tempfile.gettempdir(), f"ecg-study-kernel-{uuid.uuid4().hex[:12]}")
+
+# %% ../nbs/12_study.ipynb #7214bc4f
+def stage_params(step: Step, plan_dir: Path, n_threads: int) -> dict:
+    "A step's parameters, with the folders and threads the runner sets where its notebook declares them."
+    runner = {**step_paths(plan_dir, step), "n_threads": n_threads}
+    declared = stage_parameters(ROOT / "nbs" / "stages" / f"{step.stage}.ipynb")
+    return {**step.params, **{k: v for k, v in runner.items() if k in declared}}
+
 def execute_step(step: Step, plan_dir: Path, identifiers: set[int] | None = None, n_threads: int = 1) -> StepResult:
     "Run one stage notebook with papermill into `plan_dir/<step>/`; return its result."
     import nbformat, papermill as pm
@@ -204,12 +210,12 @@ def execute_step(step: Step, plan_dir: Path, identifiers: set[int] | None = None
     run_dir.mkdir(parents=True, exist_ok=True)
     nb_in = ROOT / "nbs" / "stages" / f"{step.stage}.ipynb"
     tmp, final = run_dir / f".{step.stage}.partial.ipynb", run_dir / f"{step.stage}.ipynb"
-    params = {**step.params, **step_paths(plan_dir, step), "n_threads": n_threads}
+    params = stage_params(step, plan_dir, n_threads)
     (run_dir / "metrics.json").unlink(missing_ok=True)   # a stale one would pass a failed rerun off as done
     t0, error = time.time(), ""
     try:
         pm.execute_notebook(str(nb_in), str(tmp), parameters=params, kernel_name="python3",
-                            cwd=str(nb_in.parent), progress_bar=False)
+                            cwd=str(nb_in.parent), progress_bar=False, kernel_manager_class=IPCKernelManager)
     except Exception as e:  # papermill keeps the partially executed notebook with the error
         error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     secs = time.time() - t0
@@ -238,6 +244,43 @@ def _downstream_key(step: Step, key: str, plan_dir: Path) -> str:
     man = Path(step_paths(plan_dir, step)["data_dir"]) / "manifest.json"
     return _sha(key, json.loads(man.read_text()).get("checksums") if man.exists() else None)
 
+# %% ../nbs/12_study.ipynb #93e96471
+def select_steps(steps: list[Step], only: list[str] | None) -> set[str]:
+    "Names of the steps `only` picks: a step, a run (all its steps) or one seed of a run (`method_s0`); unknown names are an error."
+    if not only: return {s.name for s in steps}
+    tags = lambda s: {s.name, s.group} | ({run_tag(s.group, s.params['seed'])} if "seed" in s.params else set())
+    picked = {o: {s.name for s in steps if o in tags(s)} for o in only}
+    unknown = [o for o, names in picked.items() if not names]
+    if unknown: raise ValueError(f"--only {unknown}: no such run or step (runs: {', '.join(sorted({s.group for s in steps}))})")
+    return set().union(*picked.values())
+
+def _with_needs(by_name: dict, names: set[str]) -> set[str]:
+    "`names` and, recursively, every step they need (run when stale)."
+    wanted, stack = set(names), list(names)
+    while stack:
+        for n in by_name[stack.pop()].needs:
+            if n not in wanted: wanted.add(n); stack.append(n)
+    return wanted
+
+def _unrunnable(s: Step, done: dict) -> StepResult | None:
+    "The result of a step whose needs failed or were not selected (soft steps report whatever is there)."
+    if s.soft: return None
+    bad = [n for n in s.needs if n in done and done[n].status in ("failed", "blocked")]
+    if bad: return StepResult(s.name, s.stage, s.group, "blocked", error="needs " + ", ".join(bad))
+    if any(n in done and done[n].status == "not selected" for n in s.needs): return StepResult(s.name, s.stage, s.group, "not selected")
+    return None
+
+def _prepare_run_dir(run_dir: Path, stamp: dict, key: str) -> None:
+    "A fresh step folder unless it holds this very key's outputs: outputs of other parameters or code are never resumed."
+    if stamp.get("key") != key and run_dir.exists(): shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "stamp.json").write_text(json.dumps({"key": key, "status": "running"}))
+
+def _write_stamp(run_dir: Path, key: str, res: StepResult) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "stamp.json").write_text(json.dumps({"key": key, "status": res.status, "seconds": round(res.seconds, 1),
+                                                    "error": res.error}, indent=1))
+
 # %% ../nbs/12_study.ipynb #a8cc3185
 def schedule(steps: list[Step], plan_dir: Path, force: bool = False, only: list[str] | None = None,
              parallel: int = 1, n_threads: int = 1, code: str | None = None,
@@ -245,32 +288,22 @@ def schedule(steps: list[Step], plan_dir: Path, force: bool = False, only: list[
     "Execute `steps` in dependency order with caching; return one result per step."
     code, execute, key_fn = code or code_hash(), execute or execute_step, key_fn or step_key
     by_name = {s.name: s for s in steps}
-    selected = set(by_name) if not only else {n for n in by_name if any(n == o or n.startswith(f"{o}_") for o in only)}
-    wanted, stack = set(selected), list(selected)     # the selection and, when stale, what it needs
-    while stack:
-        for n in by_name[stack.pop()].needs:
-            if n not in wanted: wanted.add(n); stack.append(n)
+    selected = select_steps(steps, only)
+    wanted = _with_needs(by_name, selected)
     done: dict[str, StepResult] = {}
     keys: dict[str, str] = {}
-    t_start = time.time()
-    pending = [s.name for s in steps]
+    t_start, pending, running = time.time(), [s.name for s in steps], {}
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        running = {}
         while pending or running:
             for name in list(pending):
                 s = by_name[name]
-                bad = [n for n in s.needs if n in done and done[n].status in ("failed", "blocked")]
-                if bad and not s.soft:
-                    done[name] = StepResult(name, s.stage, s.group, "blocked", error="needs " + ", ".join(bad))
-                    pending.remove(name); continue
-                if any(n in done and done[n].status == "not selected" for n in s.needs) and not s.soft:
-                    done[name] = StepResult(name, s.stage, s.group, "not selected"); pending.remove(name); continue
-                if not all(n in done for n in s.needs): continue
+                res = _unrunnable(s, done)
+                if res is None and not all(n in done for n in s.needs): continue
                 pending.remove(name)
+                if res is not None: done[name] = res; continue
                 if s.soft:   # report exactly the needs that are current now, never leftovers of other runs
                     s = by_name[name] = replace(s, params={**s.params, "steps": [n for n in s.needs if done[n].status in ("ok", "skipped")]})
-                key = key_fn(s, keys, code)
-                run_dir = plan_dir / name
+                key, run_dir = key_fn(s, keys, code), plan_dir / name
                 stamp = read_stamp(run_dir)
                 current = stamp.get("key") == key and stamp.get("status") == "ok" and (run_dir / "metrics.json").exists()
                 if current and not (force and name in selected):
@@ -278,24 +311,18 @@ def schedule(steps: list[Step], plan_dir: Path, force: bool = False, only: list[
                     keys[name] = _downstream_key(s, key, plan_dir); continue
                 if name not in wanted:
                     done[name] = StepResult(name, s.stage, s.group, "not selected"); continue
-                if stamp.get("key") != key and run_dir.exists():
-                    shutil.rmtree(run_dir)   # outputs of other parameters or code: never resume from them
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "stamp.json").write_text(json.dumps({"key": key, "status": "running"}))
-                log.info("queue %s (%s)", name, s.stage)
+                _prepare_run_dir(run_dir, stamp, key)
                 running[pool.submit(execute, s, plan_dir, None, n_threads)] = (s, key)
             if not running: continue
             fut = next(iter(wait(running, return_when=FIRST_COMPLETED).done))
             s, key = running.pop(fut)
-            res = fut.result()
-            done[s.name] = res
-            (plan_dir / s.name).mkdir(parents=True, exist_ok=True)
-            (plan_dir / s.name / "stamp.json").write_text(json.dumps(
-                {"key": key, "status": res.status, "seconds": round(res.seconds, 1), "error": res.error}, indent=1))
+            done[s.name] = res = fut.result()
+            _write_stamp(plan_dir / s.name, key, res)
             if res.status == "ok": keys[s.name] = _downstream_key(s, key, plan_dir)
             n_done = sum(r.status != "not selected" for r in done.values())
-            log.info("[%d/%d steps, %d running, %.0f min] %s %s in %.0f s %s", n_done, len(steps), len(running),
-                     (time.time() - t_start) / 60, res.status, s.name, res.seconds, res.error)
+            log.info("[%d/%d steps, %d running, %d queued, %.0f min] %s %s in %.0f s %s", n_done, len(steps),
+                     min(len(running), parallel), max(len(running) - parallel, 0), (time.time() - t_start) / 60,
+                     res.status, s.name, res.seconds, res.error)
     return [done[s.name] for s in steps]
 
 # %% ../nbs/12_study.ipynb #f3131719
@@ -341,9 +368,9 @@ tr.failed,tr.blocked{{background:#fdd}} tr.skipped{{color:#777}} table{{border-c
 def run_plan(plan: str | Path = "quick", force: bool = False, only: list[str] | None = None,
              reports: Path | None = None) -> int:
     "Execute a plan into `reports/<plan>/`; print the time per stage; return 0, or 1 if any step failed."
-    p = plan_path(plan)
-    spec = tomllib.loads(p.read_text())
-    spec.setdefault("name", p.stem)
+    spec = load_plan(plan)      # every problem of the plan, before any compute or file
+    steps = expand_plan(spec)
+    select_steps(steps, only)   # an unknown --only name, too
     plan_dir = (reports or ROOT / "reports") / spec["name"]
     plan_dir.mkdir(parents=True, exist_ok=True)
     parallel = int(spec.get("parallel", 1))
@@ -351,7 +378,7 @@ def run_plan(plan: str | Path = "quick", force: bool = False, only: list[str] | 
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     os.environ.pop("MPLBACKEND", None)   # the stage kernels draw inline: Agg would leave every notebook without its plots
     t0 = time.time()
-    results = schedule(expand_plan(spec), plan_dir, force=force, only=only, parallel=parallel, n_threads=n_threads)
+    results = schedule(steps, plan_dir, force=force, only=only, parallel=parallel, n_threads=n_threads)
     write_index(plan_dir, spec, results)
     print(f"\nTime per stage (plan {spec['name']}, wall {time.time() - t0:.0f} s):\n{timing_table(results)}")
     bad = [r for r in results if r.status in ("failed", "blocked")]

@@ -8,15 +8,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from .core import ETHNICITIES, get_logger
+from .core import ETHNICITIES, TAB_PREFIXES, get_logger
 
 _log = get_logger(__name__)
 
 # %% auto #0
-__all__ = ['ALL_PREFIXES', 'ETHNICITY_COLUMNS', 'CATEGORICAL', 'TabularPreprocessor', 'TabularEncoder']
+__all__ = ['ETHNICITY_COLUMNS', 'CATEGORICAL', 'TabularPreprocessor', 'TabularEncoder']
 
 # %% ../nbs/06_tabular.ipynb #4bbbba9a
-ALL_PREFIXES = ("demographics_", "biometrics_", "vitals_", "labvalues_")
 ETHNICITY_COLUMNS = tuple(f"demographics_ethnicity_{e}" for e in ETHNICITIES)
 CATEGORICAL = {"demographics_gender": ("demographics_gender",),
                "vitals_acuity": ("vitals_acuity",),
@@ -42,10 +41,10 @@ def _categorical_values(df: pd.DataFrame, name: str) -> np.ndarray:
 # %% ../nbs/06_tabular.ipynb #3ac02d87
 class TabularPreprocessor:
     "Selects, imputes, masks, scales and encodes tabular features; fitted on training rows only."
-    def __init__(self, prefixes=ALL_PREFIXES, scaling: str = "robust", clip: float = 5.0):
+    def __init__(self, prefixes=TAB_PREFIXES, scaling: str = "robust", clip: float = 5.0):
         if scaling not in ("robust", "standard"): raise ValueError(f"TabularPreprocessor: scaling must be 'robust' or 'standard', got {scaling!r}")
-        unknown = set(prefixes) - set(ALL_PREFIXES)
-        if unknown: raise ValueError(f"TabularPreprocessor: unknown prefixes {sorted(unknown)}; choose from {ALL_PREFIXES}")
+        unknown = set(prefixes) - set(TAB_PREFIXES)
+        if unknown: raise ValueError(f"TabularPreprocessor: unknown prefixes {sorted(unknown)}; choose from {TAB_PREFIXES}")
         self.prefixes, self.scaling, self.clip = tuple(prefixes), scaling, float(clip)
         self.cont_columns: list[str] | None = None
 

@@ -5,132 +5,35 @@
 # %% ../nbs/10_training.ipynb #36eb6f51
 from __future__ import annotations
 import contextlib, hashlib, json, logging, re, shutil, time, warnings
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
-from .core import CROP, get_logger
-from .datasets import (DX_PREFIX, LAB_PREFIX, TAB_PREFIXES, Prepared, columns_with_prefix, label_matrix,
+from .core import get_logger
+from .datasets import (DX_PREFIX, LAB_PREFIX, Prepared, columns_with_prefix, label_matrix,
                                 load_prepared, make_loaders, split_indices)
 from .metrics import macro_auroc
-from .models import FusionModel, MLPHead, Projector, freeze_encoder
-from .objectives import CROSS_MODAL_LOSSES, cross_modal_loss
-from .s4 import S4Encoder, ssm_parameter_groups
-from .tabular import TabularEncoder, TabularPreprocessor
+from .models import FusionModel, MLPHead, Projector, freeze_encoder, over_windows
+from .objectives import cross_modal_loss, masked_bce
+from .run_config import (BASELINES, TrainConfig, load_checkpoint, load_predictions, make_ecg_encoder, make_tab_encoder,
+                                  part_path)
+from .s4 import ssm_parameter_groups
+from .tabular import TabularPreprocessor
 
 log = get_logger("ecg_study.training")
 
 # %% auto #0
-__all__ = ['log', 'RUNTIME_FIELDS', 'BASELINES', 'TrainConfig', 'masked_bce', 'make_ecg_encoder', 'make_tab_encoder',
-           'embedding_std', 'PretrainModule', 'DiagnosisModule', 'LabModule', 'FusionModule', 'TabularModule',
-           'EpochSync', 'resolve_precision', 'make_trainer', 'run_fingerprint', 'predict', 'save_predictions',
-           'load_predictions', 'read_logs', 'load_encoder', 'part_path', 'pool_predictions', 'pretrain',
-           'load_pretrained', 'embed', 'finetune_dx', 'finetune_lab', 'fit_trees_baseline', 'train_baseline']
-
-# %% ../nbs/10_training.ipynb #921bd968
-@dataclass
-class TrainConfig:
-    "Hyper-parameters and runtime settings of one training run."
-    # ECG encoder (paper: 4 bidirectional S4 layers of 512, d_state 8, dropout 0.2)
-    d_model: int = 512
-    n_layers: int = 4
-    d_state: int = 8
-    dropout: float = 0.2
-    # tabular encoder: which feature families, embedding size, MLP
-    tab_prefixes: tuple[str, ...] = TAB_PREFIXES
-    tab_emb_dim: int = 16
-    tab_hidden: tuple[int, ...] = (128, 128, 128)
-    tab_dropout: float = 0.1
-    # stage 1: cross-modal objective and projectors
-    loss: str = "barlow_twins"          # barlow_twins | vicreg | info_nce (alias infonce)
-    lambd: float = 5e-3                 # Barlow Twins off-diagonal weight
-    loss_kwargs: dict = field(default_factory=dict)   # extra arguments of the other objectives
-    projector_dims: tuple[int, ...] = (2048, 2048)
-    pretrain_batch_size: int | None = None   # stage 1's batch (None: batch_size); C is D × D: keep it above the width
-    # stages 2 and 3
-    freeze_depth: int | str = 2         # input projection + the first k S4 layers frozen in finetune_dx (-1/'all': all)
-    focal: bool = False                 # focal BCE (MDS-ED) instead of BCE (paper)
-    focal_gamma: float = 2.0
-    head_hidden: tuple[int, ...] = ()   # hidden widths of the heads (empty: linear head)
-    # evaluation protocol: 0 = the paper's fixed folds; K ≥ 2 = cross-fitting over K parts (`datasets.split_folds`)
-    crossfit: int = 0
-    part: int = -1                      # the cross-fitting part one fit trains (-1: every part, one after the other)
-    # optimisation
-    batch_size: int = 32
-    epochs: int = 40                    # the most epochs a fit runs
-    patience: int = 0                   # early stopping after this many epochs without validation gain (0: never)
-    lr: float = 1e-3
-    weight_decay: float = 1e-3
-    lr_ssm: float = 1e-3
-    crop: int = CROP
-    # gradient-boosted trees baseline
-    trees_max_iter: int = 30
-    trees_max_leaf_nodes: int = 15
-    trees_max_bins: int = 32
-    trees_lr: float = 0.1
-    # runtime
-    seed: int = 0
-    accelerator: str = "auto"
-    devices: int | str = 1
-    strategy: str = "auto"              # e.g. "ddp" with devices > 1
-    precision: str | None = None
-    num_workers: int = 0
-    num_threads: int | None = None      # torch CPU threads; 1 for small models or when runs share the cores
-    max_time: str | None = None         # "DD:HH:MM:SS" wall-clock cap per fit
-    limit_train_batches: float | int = 1.0
-    enable_progress_bar: bool = True
-    resume: bool = True                 # continue from checkpoints/last.ckpt when present
-    deterministic: bool = True
-
-    def __post_init__(self):
-        for name in ("tab_prefixes", "tab_hidden", "projector_dims", "head_hidden"):
-            setattr(self, name, tuple(getattr(self, name) or ()))
-        if self.loss == "infonce": self.loss = "info_nce"
-        if self.loss not in CROSS_MODAL_LOSSES:
-            raise ValueError(f"TrainConfig.loss: unknown objective {self.loss!r} (one of {CROSS_MODAL_LOSSES})")
-
-    def to_dict(self) -> dict:
-        "JSON-ready dict."
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict, strict: bool = True) -> TrainConfig:
-        "Build from a dict; unknown keys are an error unless `strict=False` (then ignored and logged)."
-        known = {f.name for f in fields(cls)}
-        extra = sorted(set(d) - known)
-        if extra and strict: raise KeyError(f"TrainConfig: unknown keys {extra}")
-        if extra: log.info(f"TrainConfig: ignoring keys {extra}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-# %% ../nbs/10_training.ipynb #284f4781
-def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, gamma: float = 0.0) -> torch.Tensor:
-    "Mean (focal, γ > 0) binary cross-entropy over the entries where `mask` is true."
-    logits, y = logits.float(), y.float()
-    ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    if gamma:
-        p = torch.sigmoid(logits)
-        ce = ce * (1 - (p * y + (1 - p) * (1 - y))) ** gamma
-    if mask is None: return ce.mean()
-    m = mask.to(ce.dtype)
-    return (ce * m).sum() / m.sum().clamp_min(1.0)
+__all__ = ['log', 'RUNTIME_FIELDS', 'embedding_std', 'PretrainModule', 'DiagnosisModule', 'LabModule', 'FusionModule',
+           'TabularModule', 'EpochSync', 'resolve_precision', 'make_trainer', 'run_fingerprint', 'predict',
+           'save_predictions', 'open_run', 'close_run', 'pool_predictions', 'pretrain', 'load_pretrained', 'embed',
+           'finetune_dx', 'finetune_lab', 'train_baseline']
 
 # %% ../nbs/10_training.ipynb #9cb70d5a
-def make_ecg_encoder(cfg: TrainConfig) -> S4Encoder:
-    "The S4 ECG encoder of the configured size."
-    return S4Encoder(d_input=12, d_model=cfg.d_model, n_layers=cfg.n_layers, d_state=cfg.d_state, dropout=cfg.dropout)
-
-def make_tab_encoder(cfg: TrainConfig, n_cont: int, cat_cardinalities: list[int]) -> TabularEncoder:
-    "The tabular MLP encoder of the configured size."
-    return TabularEncoder(n_cont, list(cat_cardinalities), emb_dim=cfg.tab_emb_dim, hidden=cfg.tab_hidden,
-                          dropout=cfg.tab_dropout)
-
 def _tab(batch: dict) -> tuple[torch.Tensor, ...] | None:
     return (batch["tab_cont"], batch["tab_mask"], batch["tab_cat"]) if "tab_cont" in batch else None
 
@@ -149,6 +52,7 @@ class _Stage(L.LightningModule):
         c = self.cfg
         return torch.optim.AdamW(ssm_parameter_groups(self, lr=c.lr, weight_decay=c.weight_decay, lr_ssm=c.lr_ssm))
 
+# %% ../nbs/10_training.ipynb #a7733e84
 class _Supervised(_Stage):
     "Multi-label training with masked (focal) BCE; records scored as the mean over their windows."
     def logits(self, x: torch.Tensor | None, tab) -> torch.Tensor: raise NotImplementedError
@@ -157,9 +61,7 @@ class _Supervised(_Stage):
         "Per-record probabilities (B, K): sigmoid outputs averaged over the evaluation windows."
         x, tab = batch.get("x"), _tab(batch)
         if x is None or x.dim() == 3: return torch.sigmoid(self.logits(x, tab).float())
-        B, W = x.shape[:2]
-        p = torch.sigmoid(self.logits(x.flatten(0, 1), _repeat(tab, W)).float())
-        return p.view(B, W, -1).mean(1)
+        return over_windows(lambda w: torch.sigmoid(self.logits(w, _repeat(tab, x.shape[1])).float()), x)
 
     def training_step(self, batch, batch_idx):
         loss = masked_bce(self.logits(batch.get("x"), _tab(batch)), batch["y"], batch["y_mask"],
@@ -194,6 +96,7 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
     "Mean over dimensions of the std of L2-normalised embeddings (collapse monitor)."
     return F.normalize(z.float(), dim=1).std(0).mean()
 
+# %% ../nbs/10_training.ipynb #d9ab047d
 class PretrainModule(_Stage):
     "S4 ECG encoder + tabular encoder + projectors trained with a cross-modal objective."
     def __init__(self, cfg: TrainConfig, n_cont: int, cat_cardinalities: list[int]):
@@ -212,7 +115,7 @@ class PretrainModule(_Stage):
     def project(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         "ECG and tabular projections; evaluation windows are averaged in the encoder space."
         x = batch["x"]
-        h = self.ecg(x.flatten(0, 1)).view(*x.shape[:2], -1).mean(1) if x.dim() == 4 else self.ecg(x)
+        h = over_windows(self.ecg, x) if x.dim() == 4 else self.ecg(x)
         return self.proj_ecg(h), self.proj_tab(self.tab(*_tab(batch)))
 
     def training_step(self, batch, batch_idx):
@@ -309,6 +212,7 @@ def _quiet():
         try: yield
         finally: lg.setLevel(level)
 
+# %% ../nbs/10_training.ipynb #75a593fb
 def make_trainer(cfg: TrainConfig, run_dir: Path, monitor: str, mode: str, n_train_batches: int) -> L.Trainer:
     "Lightning Trainer for one stage: devices/strategy/precision from `cfg`, checkpoints and CSV logs in `run_dir`."
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch}", monitor=monitor, mode=mode,
@@ -349,6 +253,7 @@ def _fit(module: L.LightningModule, loaders: dict, cfg: TrainConfig, run_dir: Pa
     trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(last) if resume else None)
     return trainer
 
+# %% ../nbs/10_training.ipynb #97aa2220
 def _load_best(module: L.LightningModule, trainer: L.Trainer) -> str:
     "Load the best checkpoint's weights into `module` (the last ones when none was scored); return its path."
     path = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
@@ -373,21 +278,11 @@ def save_predictions(run_dir: Path, split: str, rows: np.ndarray, y_score: np.nd
     if rank_zero_only.rank == 0: np.savez_compressed(Path(run_dir) / f"{split}_predictions.npz", **pred)
     return pred
 
-def load_predictions(run_dir: str | Path, split: str = "test") -> dict:
-    "Read `run_dir/{split}_predictions.npz` back as a dict of arrays (labels as a list)."
-    with np.load(Path(run_dir) / f"{split}_predictions.npz", allow_pickle=False) as z:
-        d = {k: z[k] for k in z.files}
-    d["labels"] = d["labels"].tolist()
-    return d
 
-def read_logs(run_dir: str | Path) -> pd.DataFrame:
-    "All CSV log versions of a run, concatenated (training curves)."
-    files = sorted((Path(run_dir) / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
-    if not files: raise FileNotFoundError(f"no CSV logs under {Path(run_dir) / 'logs'}")
-    return pd.concat([pd.read_csv(f).assign(version=int(f.parent.name[8:])) for f in files], ignore_index=True)
 
 # %% ../nbs/10_training.ipynb #1f4448fc
-def _start(data_dir, run_dir, cfg: TrainConfig) -> tuple[Prepared, dict, Path, float]:
+def open_run(data_dir, run_dir, cfg: TrainConfig) -> tuple[Prepared, dict, Path, float]:
+    "Seed everything, write `config.json`, open the prepared dataset and its split: (data, splits, run_dir, start time)."
     if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
@@ -404,7 +299,8 @@ def _tabular(data: Prepared, splits: dict, cfg: TrainConfig):
     tab = pre.transform(data.cohort)
     return pre, tab, pre.n_cont, pre.cat_cardinalities
 
-def _finish(run_dir: Path, summary: dict, t0: float) -> dict:
+def close_run(run_dir: Path, summary: dict, t0: float) -> dict:
+    "Write `summary.json` (plain floats, seconds since `t0`) and log its scalars."
     summary = {k: (float(v) if isinstance(v, (np.floating, torch.Tensor)) else v) for k, v in summary.items()}
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     if rank_zero_only.rank == 0: (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -421,13 +317,7 @@ def _save(obj: dict, path: Path, trainer: L.Trainer):
     if trainer.is_global_zero: torch.save(obj, path)
     trainer.strategy.barrier("encoder_saved")
 
-def load_encoder(path: str | Path) -> dict:
-    "An `encoder.pt` (or a run folder holding one): state dicts, config and metadata."
-    path = Path(path)
-    if path.is_dir(): path = path / "encoder.pt"
-    if not path.exists(): raise FileNotFoundError(f"no encoder checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
+# %% ../nbs/10_training.ipynb #f6e639d1
 def _encoder_cfg(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
     "`cfg` with the ECG encoder sizes of the checkpoint, which must have been trained on the same split."
     split = (ckpt["cfg"].get("crossfit", 0), ckpt["cfg"].get("part", -1) if ckpt["cfg"].get("crossfit", 0) else -1)
@@ -459,11 +349,6 @@ def _epochs(trainer, best: str | None) -> dict:
     return {"epochs": trainer.current_epoch, "epoch_kept": kept, "stopped_early": trainer.current_epoch < trainer.max_epochs}
 
 # %% ../nbs/10_training.ipynb #fc9d159f
-def part_path(path, part: int) -> Path:
-    "The file or folder of cross-fitting part `part` inside a step folder (`X/encoder.pt` → `X/part<g>/encoder.pt`)."
-    path = Path(path)
-    return path.parent / f"part{part}" / path.name if path.suffix else path / f"part{part}"
-
 def _ranks(s: np.ndarray) -> np.ndarray:
     "Scores as within-set percentile ranks, per column (ties share their mean rank)."
     from scipy.stats import rankdata
@@ -499,14 +384,14 @@ def _over_parts(stage, data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -
         summary.update(test_auroc=res["mean_auroc"], test_auroc_curve=res["curve_auroc"], test_n_labels=res["n_labels"],
                        test_n_skipped=res["n_skipped"], n_test_records=len(pred["rows"]))
     if rank_zero_only.rank == 0: (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    return _finish(run_dir, summary, t0)
+    return close_run(run_dir, summary, t0)
 
 
 # %% ../nbs/10_training.ipynb #e80b7287
 def pretrain(data_dir, run_dir, cfg: TrainConfig) -> dict:
     "Stage 1: cross-modal pre-training of the ECG and tabular encoders on the training folds."
     if cfg.crossfit and cfg.part < 0: return _over_parts(pretrain, data_dir, run_dir, cfg)
-    data, splits, run_dir, t0 = _start(data_dir, run_dir, cfg)
+    data, splits, run_dir, t0 = open_run(data_dir, run_dir, cfg)
     pre, tab, n_cont, cards = _tabular(data, splits, cfg)
     loaders = make_loaders(data.signals, {"train": splits["train"], "val": splits["val"]}, tab=tab,
                            batch_size=cfg.pretrain_batch_size or cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers,
@@ -518,12 +403,12 @@ def pretrain(data_dir, run_dir, cfg: TrainConfig) -> dict:
     _save({"stage": "pretrain", "cfg": cfg.to_dict(), "ecg_encoder": module.ecg.state_dict(),
                 "tab_encoder": module.tab.state_dict(), "proj_ecg": module.proj_ecg.state_dict(),
                 "proj_tab": module.proj_tab.state_dict(), "tab_preprocessor": pre.state_dict(),
-                "n_cont": n_cont, "cat_cardinalities": cards}, run_dir / "encoder.pt", trainer)
-    return _finish(run_dir, {"stage": "pretrain", **_last_metrics(trainer), **_epochs(trainer, best), "val_loss_best": _val_best(trainer)}, t0)
+                "n_cont": n_cont, "cat_cardinalities": cards}, run_dir / "checkpoint.pt", trainer)
+    return close_run(run_dir, {"stage": "pretrain", **_last_metrics(trainer), **_epochs(trainer, best), "val_loss_best": _val_best(trainer)}, t0)
 
 def load_pretrained(encoder_ckpt, pretrained: bool = True) -> tuple[PretrainModule, TabularPreprocessor]:
-    "The stage-1 module (eval mode) and tabular preprocessor of a pre-training `encoder.pt`; `pretrained=False`: its initial weights."
-    ckpt = load_encoder(encoder_ckpt)
+    "The stage-1 module (eval mode) and tabular preprocessor of a pre-training `checkpoint.pt`; `pretrained=False`: its initial weights."
+    ckpt = load_checkpoint(encoder_ckpt)
     if ckpt.get("stage") != "pretrain": raise ValueError(f"{encoder_ckpt}: not a pre-training checkpoint (stage {ckpt.get('stage')!r})")
     cfg = TrainConfig.from_dict(ckpt["cfg"])
     L.seed_everything(cfg.seed, verbose=False)    # same seed, same construction order as `pretrain`: same initial weights
@@ -533,6 +418,7 @@ def load_pretrained(encoder_ckpt, pretrained: bool = True) -> tuple[PretrainModu
             getattr(module, part).load_state_dict(ckpt[key])
     return module.eval(), TabularPreprocessor.from_state_dict(ckpt["tab_preprocessor"])
 
+# %% ../nbs/10_training.ipynb #27f6402d
 @torch.no_grad()
 def embed(data_dir, encoder_ckpt, split: str = "test", pretrained: bool = True, batch_size: int = 256) -> dict:
     "Encoder outputs (h) and projections (z) of ECG and tabular views of one split's records (CPU)."
@@ -543,8 +429,7 @@ def embed(data_dir, encoder_ckpt, split: str = "test", pretrained: bool = True, 
                           crop=module.cfg.crop)[split]
     out = {k: [] for k in ("rows", "h_ecg", "h_tab", "z_ecg", "z_tab")}
     for b in loader:
-        x = b["x"]
-        h_ecg = module.ecg(x.flatten(0, 1)).view(*x.shape[:2], -1).mean(1)
+        h_ecg = over_windows(module.ecg, b["x"])
         h_tab = module.tab(*_tab(b))
         for k, v in zip(out, (b["row"], h_ecg, h_tab, module.proj_ecg(h_ecg), module.proj_tab(h_tab))): out[k].append(v)
     out = {k: torch.cat(v).numpy() for k, v in out.items()}
@@ -552,8 +437,8 @@ def embed(data_dir, encoder_ckpt, split: str = "test", pretrained: bool = True, 
 
 def _supervised(module_fn, labels_prefix: str, data_dir, run_dir, cfg: TrainConfig, stage: str,
                 use_signals: bool = True, use_tab: bool = False, extra: dict | None = None) -> dict:
-    "Shared body of the supervised stages: data, fit, best checkpoint, encoder.pt, test predictions."
-    data, splits, run_dir, t0 = _start(data_dir, run_dir, cfg)
+    "Shared body of the supervised stages: data, fit, best checkpoint, checkpoint.pt, test predictions."
+    data, splits, run_dir, t0 = open_run(data_dir, run_dir, cfg)
     labels = columns_with_prefix(data.cohort, labels_prefix)
     if not labels: raise ValueError(f"prepared dataset {data.path}: no {labels_prefix}* label columns")
     y = label_matrix(data.cohort, labels)
@@ -569,16 +454,17 @@ def _supervised(module_fn, labels_prefix: str, data_dir, run_dir, cfg: TrainConf
     state = {"stage": stage, "cfg": cfg.to_dict(), "labels": labels, "model": module.state_dict(),
              "tab_preprocessor": pre.state_dict() if pre is not None else None}
     if hasattr(module, "ecg"): state["ecg_encoder"] = module.ecg.state_dict()
-    _save(state, run_dir / "encoder.pt", trainer)
-    return _finish(run_dir, {"stage": stage, **(extra or {}), "n_labels": len(labels), **_epochs(trainer, best),
+    _save(state, run_dir / "checkpoint.pt", trainer)
+    return close_run(run_dir, {"stage": stage, **(extra or {}), "n_labels": len(labels), **_epochs(trainer, best),
                              "val_auroc": _val_best(trainer), **test, "best_checkpoint": Path(best).name if best else None}, t0)
 
+# %% ../nbs/10_training.ipynb #b225041c
 def finetune_dx(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -> dict:
     "Stage 2: diagnoses from the (pre-trained, else random) ECG encoder frozen to `cfg.freeze_depth`."
     if cfg.crossfit and cfg.part < 0: return _over_parts(finetune_dx, data_dir, run_dir, cfg, encoder_ckpt)
     state = None
     if encoder_ckpt is not None:
-        ckpt = load_encoder(encoder_ckpt)
+        ckpt = load_checkpoint(encoder_ckpt)
         cfg, state = _encoder_cfg(cfg, ckpt), ckpt["ecg_encoder"]
     return _supervised(lambda k, *_: DiagnosisModule(cfg, k, state, cfg.freeze_depth), DX_PREFIX, data_dir, run_dir,
                        cfg, "finetune_dx", extra={"pretrained": encoder_ckpt is not None, "freeze_depth": cfg.freeze_depth})
@@ -586,57 +472,12 @@ def finetune_dx(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -> dict:
 def finetune_lab(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt) -> dict:
     "Stage 3: lab-abnormality head on the frozen stage-2 ECG encoder (masked BCE)."
     if cfg.crossfit and cfg.part < 0: return _over_parts(finetune_lab, data_dir, run_dir, cfg, encoder_ckpt)
-    ckpt = load_encoder(encoder_ckpt)
+    ckpt = load_checkpoint(encoder_ckpt)
     cfg = _encoder_cfg(cfg, ckpt)
     return _supervised(lambda k, *_: LabModule(cfg, k, ckpt["ecg_encoder"]), LAB_PREFIX, data_dir, run_dir, cfg,
                        "finetune_lab")
 
-# %% ../nbs/10_training.ipynb #6e369395
-def fit_trees_baseline(X: np.ndarray, y: np.ndarray, train: np.ndarray, predict_rows: np.ndarray,
-                       max_iter: int = 30, max_leaf_nodes: int = 15, learning_rate: float = 0.1,
-                       max_bins: int = 32, seed: int = 0) -> tuple[np.ndarray, list[int]]:
-    "One-vs-rest HistGradientBoosting per label: scores (len(predict_rows), K) and the indices of skipped labels."
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from threadpoolctl import threadpool_limits
-    Xt = X[train]
-    informative = np.array([len(np.unique(c[~np.isnan(c)])) > 1 for c in Xt.T], dtype=bool)
-    if not informative.all(): log.info(f"trees: dropping {(~informative).sum()} features constant or never observed in training")
-    X = X[:, informative]
-    scores, skipped = np.zeros((len(predict_rows), y.shape[1]), np.float32), []
-    for k in range(y.shape[1]):
-        known = train[~np.isnan(y[train, k])]
-        yk = y[known, k]
-        if len(np.unique(yk)) < 2:
-            skipped.append(k)
-            scores[:, k] = yk.mean() if len(yk) else 0.0
-            continue
-        clf = HistGradientBoostingClassifier(max_iter=max_iter, max_leaf_nodes=max_leaf_nodes, max_bins=max_bins,
-                                             learning_rate=learning_rate, early_stopping=False, random_state=seed)
-        with threadpool_limits(1):
-            scores[:, k] = clf.fit(X[known], yk).predict_proba(X[predict_rows])[:, 1]
-    return scores, skipped
-
-def _trees(data_dir, run_dir, cfg: TrainConfig) -> dict:
-    data, splits, run_dir, t0 = _start(data_dir, run_dir, cfg)
-    labels = columns_with_prefix(data.cohort, DX_PREFIX)
-    y = label_matrix(data.cohort, labels)
-    X = data.cohort[columns_with_prefix(data.cohort, cfg.tab_prefixes)].to_numpy(dtype=np.float32, na_value=np.nan)
-    rows = np.concatenate([splits["val"], splits["test"]])
-    p, skipped = fit_trees_baseline(X, y, splits["train"], rows, cfg.trees_max_iter, cfg.trees_max_leaf_nodes,
-                                    cfg.trees_lr, cfg.trees_max_bins, cfg.seed)
-    nv = len(splits["val"])
-    val = macro_auroc(y[splits["val"]], p[:nv])
-    save_predictions(run_dir, "val", splits["val"], p[:nv], y, labels, data.cohort)
-    pred = save_predictions(run_dir, "test", splits["test"], p[nv:], y, labels, data.cohort)
-    test = macro_auroc(pred["y_true"], pred["y_score"])
-    return _finish(run_dir, {"stage": "tabular_trees", "n_labels": len(labels), "val_auroc": val["mean_auroc"],
-                             "test_auroc": test["mean_auroc"], "test_auroc_curve": test["curve_auroc"],
-                             "test_n_labels": test["n_labels"], "test_n_skipped": test["n_skipped"],
-                             "skipped_labels": [labels[k] for k in skipped]}, t0)
-
 # %% ../nbs/10_training.ipynb #fd59482a
-BASELINES = ("ecg_only", "multimodal", "tabular_mlp", "tabular_trees")
-
 def train_baseline(kind: str, data_dir, run_dir, cfg: TrainConfig) -> dict:
     "Train one baseline: ecg_only (random-init S4, nothing frozen), multimodal, tabular_mlp or tabular_trees."
     if cfg.crossfit and cfg.part < 0 and kind != "ecg_only":
@@ -649,5 +490,7 @@ def train_baseline(kind: str, data_dir, run_dir, cfg: TrainConfig) -> dict:
     if kind == "tabular_mlp":
         return _supervised(lambda k, n, c: TabularModule(cfg, k, n, c), DX_PREFIX, data_dir, run_dir, cfg,
                            "tabular_mlp", use_signals=False, use_tab=True)
-    if kind == "tabular_trees": return _trees(data_dir, run_dir, cfg)
+    if kind == "tabular_trees":
+        from ecg_study.trees import train_trees    # trees import this module's run helpers
+        return train_trees(data_dir, run_dir, cfg)
     raise ValueError(f"train_baseline: unknown kind {kind!r} (one of {BASELINES})")

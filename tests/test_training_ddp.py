@@ -6,7 +6,8 @@ SCRIPT = textwrap.dedent("""
     import sys, json
     from pathlib import Path
     from ecg_study.datasets import make_toy_prepared
-    from ecg_study.training import TrainConfig, pretrain, finetune_dx, finetune_lab
+    from ecg_study.run_config import TrainConfig
+    from ecg_study.training import finetune_dx, finetune_lab, pretrain
     out = Path(sys.argv[1])
     data = out / "toy"
     if not (data / "manifest.json").exists(): make_toy_prepared(data, n=200)   # rank 0 runs first; ranks re-run the script
@@ -23,7 +24,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     r = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in ("pre", "dx", "lab"):
-        assert (tmp_path / stage / "encoder.pt").exists() and (tmp_path / stage / "summary.json").exists(), stage
+        assert (tmp_path / stage / "checkpoint.pt").exists() and (tmp_path / stage / "summary.json").exists(), stage
     dx = json.loads((tmp_path / "dx" / "summary.json").read_text())
     assert 0 <= dx["test_auroc"] <= 1 and dx["epochs"] == 2
     pred = np.load(tmp_path / "dx" / "test_predictions.npz")
