@@ -3,6 +3,10 @@ PY      := .venv/bin/python
 VENV_OK := .venv/.installed
 export PYTHONPATH := $(CURDIR)
 export MPLBACKEND := Agg
+# Real, openly licensed samples (PTB-XL, MIMIC-IV demo, …) for the real-data checks: set ECG_STUDY_SAMPLES to
+# their folder; the default is the samples folder beside this checkout in the workspace that built it.
+# Without them the real-data tests skip and the realism stage reports that it found no PTB-XL sample.
+export ECG_STUDY_SAMPLES ?= $(abspath $(CURDIR)/..)/shared
 
 .PHONY: study test sync-check venv clean
 

@@ -1,7 +1,7 @@
 """Throughput of `ecg_study.signals.write_signals` (records/s) on 500 Hz 12-lead WFDB records.
 
 Usage: .venv/bin/python benchmarks/bench_signals.py [--records 1000] [--jobs 1 2]
-Records: the real PTB-XL 500 Hz sample (../shared/data/ptbxl_sample/records500, 49 records) copied
+Records: the real PTB-XL 500 Hz sample (`data/ptbxl_sample/records500` under `$ECG_STUDY_SAMPLES`, 49 records) copied
 round-robin into a temporary folder until --records files exist (distinct files, like a real cohort);
 without the sample, synthetic 500 Hz records in MIMIC-IV-ECG lead order. Each run writes a fresh
 store; the figure includes the process-pool start-up. Prints one JSON line per run.
@@ -10,10 +10,10 @@ import argparse, json, os, platform, shutil, tempfile, time
 from pathlib import Path
 import numpy as np
 import wfdb
-from ecg_study.core import MIMIC_LEADS
+from ecg_study.core import MIMIC_LEADS, sample_path
 from ecg_study.signals import write_signals
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/ptbxl_sample/records500/00000"
+SAMPLE = sample_path("data", "ptbxl_sample", "records500", "00000", required=False) or Path("/nonexistent")
 
 
 def make_records(d: Path, n: int) -> list[Path]:

@@ -12,8 +12,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['MIMIC_LEADS', 'STUDY_LEADS', 'RAW_FS', 'RAW_SAMPLES', 'FS', 'N_SAMPLES', 'CROP', 'CLIP_MV', 'STATS', 'VITALS',
-           'ETHNICITIES', 'BIOMETRICS', 'TAB_PREFIXES', 'LABS', 'LAB_BY_STEM', 'Lab', 'lab_stem', 'seed_everything',
-           'get_logger', 'read_table', 'as_number', 'record_path', 'gem_table', 'atomic_write']
+           'ETHNICITIES', 'BIOMETRICS', 'TAB_PREFIXES', 'LABS', 'LAB_BY_STEM', 'SAMPLES_ENV', 'Lab', 'lab_stem',
+           'sample_path', 'seed_everything', 'get_logger', 'read_table', 'as_number', 'record_path', 'gem_table',
+           'atomic_write']
 
 # %% ../nbs/00_core.ipynb #e85e2d05
 MIMIC_LEADS = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -76,6 +77,17 @@ LABS = [Lab(*row) for row in [
     ("Absolute Lymphocyte Count", 51133, "K/uL", 1.2, 3.7),
 ]]
 LAB_BY_STEM = {lab_stem(l.label): l for l in LABS}
+
+# %% ../nbs/00_core.ipynb #2ba3d3c0
+SAMPLES_ENV = "ECG_STUDY_SAMPLES"
+
+def sample_path(*parts: str, required: bool = True) -> Path | None:
+    "A path in the real-data samples folder `$ECG_STUDY_SAMPLES`; missing: FileNotFoundError naming the setting, or None."
+    root = os.environ.get(SAMPLES_ENV)
+    p = Path(root).joinpath(*parts) if root else None
+    if p is not None and p.exists(): return p
+    if not required: return None
+    raise FileNotFoundError(f"real-data samples: {p} is missing" if p else f"real-data samples: ${SAMPLES_ENV} is not set")
 
 # %% ../nbs/00_core.ipynb #cd91d31e
 def seed_everything(seed: int) -> np.random.Generator:

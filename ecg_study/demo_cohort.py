@@ -4,28 +4,18 @@
 
 # %% ../nbs/14_demo_cohort.ipynb #4b9726b5
 from __future__ import annotations
-import os, shutil
+import shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import wfdb
-from .core import MIMIC_LEADS, RAW_FS, get_logger, record_path
+from .core import MIMIC_LEADS, RAW_FS, get_logger, record_path, sample_path
 from .signals import lead_columns
 
 log = get_logger("ecg_study.demo_cohort")
 
 # %% auto #0
-__all__ = ['log', 'shared_data_dir', 'ed_tables', 'build_demo_cohort']
-
-# %% ../nbs/14_demo_cohort.ipynb #850da02f
-def shared_data_dir() -> Path:
-    "The real-data samples folder (`../shared/data` beside the checkout, or `$ECG_STUDY_SHARED_DATA`)."
-    import ecg_study
-    env = os.environ.get("ECG_STUDY_SHARED_DATA")
-    p = Path(env) if env else Path(ecg_study.__file__).resolve().parents[2] / "shared" / "data"
-    if not (p / "mimic_iv_demo" / "hosp").is_dir():
-        raise FileNotFoundError(f"real-data samples not found at {p} (set ECG_STUDY_SHARED_DATA)")
-    return p
+__all__ = ['log', 'ed_tables', 'build_demo_cohort']
 
 # %% ../nbs/14_demo_cohort.ipynb #76708ff1
 def ed_tables(hosp: Path, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
@@ -61,18 +51,18 @@ def ed_tables(hosp: Path, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
 
 # %% ../nbs/14_demo_cohort.ipynb #cf0da5c2
 def build_demo_cohort(out: str | Path, seed: int = 0, ecgs_per_stay: tuple[int, int] = (1, 2),
-                      shared: Path | None = None) -> dict:
-    "Write the real-parts test cohort (`hosp/`, `ed/`, `ecg/`) under `out`; return counts."
+                      samples: Path | None = None) -> dict:
+    "Write the real-parts test cohort (`hosp/`, `ed/`, `ecg/`) under `out` from the samples data folder; return counts."
     from ecg_study.wfdb_write import write_wfdb
-    shared, out, rng = Path(shared or shared_data_dir()), Path(out), np.random.default_rng(seed)
-    hosp = shared / "mimic_iv_demo" / "hosp"
+    samples, out, rng = Path(samples or sample_path("data")), Path(out), np.random.default_rng(seed)
+    hosp = samples / "mimic_iv_demo" / "hosp"
     (out / "hosp").mkdir(parents=True, exist_ok=True); (out / "ed").mkdir(exist_ok=True)
     for f in hosp.glob("*.csv.gz"): shutil.copy(f, out / "hosp" / f.name)
     ed = ed_tables(hosp, rng)
     for name, df in ed.items(): df.to_csv(out / "ed" / f"{name}.csv.gz", index=False)
-    ptb = pd.read_csv(shared / "ptbxl_sample" / "ptbxl_database.csv")
-    ptb = ptb[ptb.filename_hr.map(lambda f: (shared / "ptbxl_sample" / f"{f}.hea").exists())]
-    mm_cols = pd.read_csv(shared / "mimic_iv_ecg_metadata" / "machine_measurements.csv", nrows=0).columns
+    ptb = pd.read_csv(samples / "ptbxl_sample" / "ptbxl_database.csv")
+    ptb = ptb[ptb.filename_hr.map(lambda f: (samples / "ptbxl_sample" / f"{f}.hea").exists())]
+    mm_cols = pd.read_csv(samples / "mimic_iv_ecg_metadata" / "machine_measurements.csv", nrows=0).columns
     records, mm, k = [], [], 0
     for s in ed["edstays"].itertuples():
         for j in range(int(rng.integers(ecgs_per_stay[0], ecgs_per_stay[1] + 1))):
@@ -81,7 +71,7 @@ def build_demo_cohort(out: str | Path, seed: int = 0, ecgs_per_stay: tuple[int, 
             minutes = int(rng.integers(100, 240)) if rng.random() < 0.2 else int(rng.integers(0, 90))
             t = s.intime + pd.Timedelta(minutes=minutes)
             src = ptb.iloc[k % len(ptb)]; k += 1
-            rec = wfdb.rdrecord(str(shared / "ptbxl_sample" / src.filename_hr))
+            rec = wfdb.rdrecord(str(samples / "ptbxl_sample" / src.filename_hr))
             sig = rec.p_signal[:, lead_columns(rec.sig_name, src.filename_hr, order=MIMIC_LEADS)]
             rel = record_path(s.subject_id, study_id)
             write_wfdb(out / "ecg" / rel, sig, RAW_FS, t.to_pydatetime())

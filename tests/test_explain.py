@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import wfdb
-from ecg_study.core import MIMIC_LEADS
+from ecg_study.core import MIMIC_LEADS, sample_path
 from ecg_study.datasets import make_toy_prepared
 from ecg_study.bundle import BUNDLE_VERSION, load_bundle, make_bundle
 from ecg_study.cli import explain_cli, plan_model_dir, resolve_model, run_bundle
@@ -18,7 +18,7 @@ from ecg_study.wfdb_write import write_wfdb
 from ecg_study.run_config import TrainConfig, load_predictions
 from ecg_study.training import finetune_dx, finetune_lab
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = sample_path("data", required=False) or Path("/nonexistent")   # $ECG_STUDY_SAMPLES; tests needing it skip
 PTBXL = DATA / "ptbxl_sample"
 needs_data = pytest.mark.skipif(not PTBXL.exists(), reason="real data samples not available")
 

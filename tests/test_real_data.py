@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from ecg_study.core import ETHNICITIES, LABS, STATS, lab_stem
-from ecg_study.demo_cohort import build_demo_cohort, shared_data_dir
+from ecg_study.core import sample_path
+from ecg_study.demo_cohort import build_demo_cohort
 
-try: SHARED = shared_data_dir()
+try: SHARED = sample_path("data", "mimic_iv_demo").parent
 except FileNotFoundError as e: pytest.skip(f"real-data samples missing: {e}", allow_module_level=True)
 
 HOSP = SHARED / "mimic_iv_demo" / "hosp"

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import wfdb
 from scipy.signal import resample_poly
-from ecg_study.core import CLIP_MV, MIMIC_LEADS, STUDY_LEADS
+from ecg_study.core import CLIP_MV, MIMIC_LEADS, STUDY_LEADS, sample_path
 from ecg_study.signals import (OK, PENDING, SKIPPED, RecordError, compact_signals, prepare_record, preprocess,
                                read_record, status_paths, write_signals)
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = sample_path("data", required=False) or Path("/nonexistent")   # $ECG_STUDY_SAMPLES; tests needing it skip
 PTBXL = DATA / "ptbxl_sample"
 needs_data = pytest.mark.skipif(not PTBXL.exists(), reason="real data samples not available")
 IDX = {l: i for i, l in enumerate(STUDY_LEADS)}

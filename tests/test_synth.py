@@ -8,12 +8,12 @@ from scipy.signal import butter, find_peaks, sosfiltfilt
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 import wfdb  # noqa: E402
-from ecg_study.core import LABS, MIMIC_LEADS, RAW_FS, RAW_SAMPLES, gem_table, lab_stem  # noqa: E402
+from ecg_study.core import LABS, MIMIC_LEADS, RAW_FS, RAW_SAMPLES, gem_table, lab_stem, sample_path  # noqa: E402
 from ecg_study.synth import clinical, synthesize, tables  # noqa: E402
 from ecg_study.synth.ecg import MM_COLUMNS, NO_MEASUREMENT, ecg_params, simulate_ecg  # noqa: E402
 from ecg_study.synth.records import FAULT_KINDS  # noqa: E402
 
-REAL_MM = Path(__file__).parents[2] / "shared/data/mimic_iv_ecg_metadata/machine_measurements.csv"
+REAL_MM = sample_path("data", "mimic_iv_ecg_metadata", "machine_measurements.csv", required=False) or Path("/nonexistent")
 COLUMNS = {  # the headers of the real MIMIC-IV, MIMIC-IV-ED and MIMIC-IV-ECG releases
     "hosp/patients.csv.gz": "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod",
     "hosp/admissions.csv.gz": "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admit_provider_id,"
