@@ -70,7 +70,8 @@ def stage_parameters(stage: str | Path) -> dict[str, str]:
 
 # %% ../nbs/12a_plans.ipynb #c6b0e18e
 PLAN_KEYS = ("name", "description", "parallel", "cohorts", "defaults", "runs", "claims", "explain", "intervene", "realism", "evaluate")
-RUN_KEYS = ("name", "kind", "seeds", "cohort", "model", "pretrain", "encoder_from", "lab")
+RUN_KEYS = {"name": "str", "kind": "str", "seeds": "list", "cohort": "str", "model": "str", "pretrain": "bool",   # the keys of a run itself, with their types
+            "encoder_from": "str", "lab": "bool"}
 RUNNER_SET = ("cohort", "data_dir", "raw_dir", "run_dir", "plan_dir", "n_threads", "steps", "plan", "models")  # set by the study, not the plan
 
 def _check_keys(where: str, table: dict, types: dict[str, str], extra=()) -> list[str]:
@@ -99,8 +100,7 @@ def _check_runs(spec: dict, cfg_types: dict) -> list[str]:
         where = f"[[runs]] {r.get('name', f'#{i + 1}')}"
         if "name" not in r: out.append(f"{where}: no name")
         if r.get("kind") not in ("method", "supervised"): out.append(f"{where}: kind = {r.get('kind')!r}: use 'method' or 'supervised'")
-        out += _check_keys(where, r, cfg_types | {"seeds": "list", "cohort": "str", "model": "str", "pretrain": "bool",
-                                                    "encoder_from": "str", "lab": "bool", "name": "str", "kind": "str"})
+        out += _check_keys(where, r, cfg_types | RUN_KEYS)
         if r.get("cohort", "synthetic") not in spec.get("cohorts", {}):
             out.append(f"{where}: cohort {r.get('cohort', 'synthetic')!r} is not a [cohorts.*] table")
         if r.get("encoder_from") and r["encoder_from"] not in methods:
