@@ -52,7 +52,8 @@ def ecg_params(state: dict) -> dict:
         u_gain=float(0.08 + E["u_k"] * max(0, 3.9 - k)), st_lab=float(-E["st_k"] * max(0, 3.6 - k)),
         qrs_gain=(E["qrs_gain_lvh"] if s["lvh"] else 1.0) * (E["qrs_gain_hf"] if s["heart_failure"] else 1.0),
         af=bool(s["af"]), lbbb=bool(s["lbbb"]), rbbb=bool(s["rbbb"] and not s["lbbb"]), stemi=s["stemi"],
-        nstemi=bool(s["nstemi"]), old_mi=s["old_mi"], lvh=bool(s["lvh"]), k_eff=k, ca_eff=ca)
+        nstemi=bool(s["nstemi"]), old_mi=s["old_mi"], lvh=bool(s["lvh"]), heart_failure=bool(s["heart_failure"]),
+        age=float(s["age"]), k_eff=k, ca_eff=ca)
 
 
 # %% ../../nbs/01b_synth_ecg.ipynb #24015dbc
@@ -81,8 +82,10 @@ R_AMP = 0.57
 
 def _morphology(p: dict, rng) -> dict:
     "Individual morphology: axis and amplitudes (stable for a patient when seeded per patient)."
-    axis = rng.normal(45, 30) - (15 if p["lvh"] else 0) - (20 if p["lbbb"] else 0)
-    # R_AMP, T amplitude and tilt, axis spread: matched to PTB-XL normals by the realism report (17_realism)
+    E = ECG_EFFECTS
+    axis = (rng.normal(E["axis_mean"] + E["axis_age"] * (p["age"] - 55), E["axis_sd"]) + E["axis_lvh"] * p["lvh"]
+            + E["axis_lbbb"] * p["lbbb"])
+    # R_AMP, T amplitude and tilt: matched to PTB-XL normals by the realism report (17_realism)
     return dict(axis=math.radians(axis), r_amp=R_AMP * rng.uniform(1.0, 1.6), t_amp=rng.uniform(.25, .42),
                 p_amp=rng.uniform(.10, .17), pr_jit=rng.normal(0, 12), qrs_jit=rng.normal(0, 5),
                 qt_jit=rng.normal(0, 12), t_tilt=rng.normal(.6, .25), transition=rng.normal(0, .15))
@@ -97,8 +100,9 @@ def _components(p: dict, m: dict) -> list:
         pr = (p["pr"] + m["pr_jit"]) / 1000
         comps.append((-pr + .05, .022, .022, p["p_gain"] * m["p_amp"] * _unit([.6, .8, .15])))
     if p["lbbb"]:
-        main = _unit(frontal + [0, 0, -.9])
-        comps += [(.25 * q, .09 * q, .09 * q, .25 * g * _unit([.6, .1, -.6])),
+        # no septal q; small leftward-anterior initial forces (the small r of V1-V2), then a broad leftward-posterior mass
+        main, g = _unit(frontal + [0, 0, -.9]), g * ECG_EFFECTS["qrs_gain_lbbb"]
+        comps += [(.2 * q, .09 * q, .09 * q, .12 * g * _unit([.4, .1, .5])),
                   (.45 * q, .13 * q, .13 * q, 1.2 * g * main), (.72 * q, .11 * q, .11 * q, 1.0 * g * main)]
     else:
         comps += [(.16 * q, .07 * q, .07 * q, .16 * _unit([-.55, .1, .8])),
@@ -112,11 +116,12 @@ def _components(p: dict, m: dict) -> list:
     t_end = (p["qt"] + m["qt_jit"]) / 1000
     sr = .038 * p["t_width"]
     t_peak, t_dir = t_end - 2.6 * sr, _unit(frontal + [0, 0, m["t_tilt"]])
-    if p["lbbb"]: t_dir = _unit(-(frontal + [0, 0, -.9]))
+    if p["lbbb"]: t_dir = _unit(-.5 * frontal + [0, .45, .9])     # discordant to the leftward-posterior QRS in the horizontal plane
     if p["rbbb"]: t_dir = _unit(t_dir + [0, 0, -.6])
     if p["lvh"]: t_dir = _unit(t_dir - .6 * frontal)
-    if p["old_mi"]: t_dir = _unit(t_dir + .3 * Q_VECTORS[p["old_mi"]])
-    t_amp = m["t_amp"] * p["t_gain"] * (1.3 if p["stemi"] else 1.0)
+    if p["old_mi"]: t_dir = _unit(t_dir + .8 * Q_VECTORS[p["old_mi"]])     # T inverted over the scar
+    t_amp = (m["t_amp"] * p["t_gain"] * (1.3 if p["stemi"] else 1.0)
+             * (ECG_EFFECTS["t_gain_hf"] if p["heart_failure"] else 1.0))
     comps.append((t_peak, 1.6 * sr, sr, t_amp * t_dir))
     comps.append((t_end + .07, .035, .03, p["u_gain"] * m["t_amp"] * _unit(frontal + [0, 0, .3])))
     return comps
