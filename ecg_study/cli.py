@@ -52,12 +52,12 @@ def run_bundle(lab_dir) -> Path:
 
 def plan_model_dir(plan: str, reports=None) -> Path:
     "The finetune_lab run folder of a plan's headline method model."
-    from ecg_study.plans import ROOT, plan_path, run_seeds, run_tag
+    from ecg_study.plans import plan_path, run_seeds, run_tag
     spec = tomllib.loads(plan_path(plan).read_text())
     runs = [r for r in spec.get("runs", []) if r.get("kind") == "method" and r.get("lab", True)]
     if not runs: raise ValueError(f"plan {plan!r} has no method run with a lab head")
     run = next((r for r in runs if r["name"] == "method"), runs[0])
-    d = Path(reports or ROOT / "reports") / spec.get("name", plan) / f"{run_tag(run['name'], run_seeds(run, spec)[0])}_lab"
+    d = Path(reports or "reports") / spec.get("name", plan) / f"{run_tag(run['name'], run_seeds(run, spec)[0])}_lab"
     if not (d / "metrics.json").exists():
         raise FileNotFoundError(f"plan {plan!r}: no finished model at {d}; run `ecg-study run --plan {plan}` first")
     return d

@@ -48,8 +48,8 @@ def load_head(run_dir) -> tuple[torch.nn.Module, list[str]]:
     "The trained module (eval mode) of a finetune_dx / finetune_lab / ecg_only run folder and its label columns."
     ckpt = load_checkpoint(run_dir)
     cfg = TrainConfig.from_dict(ckpt["cfg"])
-    if ckpt["stage"] == "finetune_dx": module = DiagnosisModule(cfg, len(ckpt["labels"]))
-    elif ckpt["stage"] == "finetune_lab": module = LabModule(cfg, len(ckpt["labels"]), ckpt["ecg_encoder"])
+    if ckpt["stage"] == "finetune_dx": module = DiagnosisModule.build(cfg, len(ckpt["labels"]))
+    elif ckpt["stage"] == "finetune_lab": module = LabModule.build(cfg, len(ckpt["labels"]), ckpt["ecg_encoder"])
     else: raise ValueError(f"{run_dir}: stage {ckpt['stage']!r} has no ECG-only head to score")
     module.load_state_dict(ckpt["model"])
     return module.eval(), list(ckpt["labels"])

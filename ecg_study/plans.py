@@ -5,17 +5,28 @@ its key and the fix."""
 
 # %% ../nbs/12a_plans.ipynb #7ca6543a
 from __future__ import annotations
-import ast, json, os, re, tomllib
+import ast, json, os, re, sys, tomllib
 from dataclasses import fields
 from pathlib import Path
 import ecg_study
 from .run_config import BASELINES, TrainConfig
 
-ROOT = Path(ecg_study.__file__).resolve().parents[1]
+PACKAGE_DIR = Path(ecg_study.__file__).resolve().parent
+
+def resource_dir(name: str) -> Path:
+    """`nbs/<name>` (`stages`, `plans`) of a source checkout, else the copy that `pip install .` put under
+    `<prefix>/share/ecg_study/<name>` (pyproject `data-files`): the study runs from a checkout or an installed wheel."""
+    for d in (PACKAGE_DIR.parent / "nbs" / name, Path(sys.prefix) / "share" / "ecg_study" / name,
+              PACKAGE_DIR.parent / "share" / "ecg_study" / name):     # the last: `pip install --target`
+        if d.is_dir(): return d
+    raise FileNotFoundError(f"no {name}/ beside {PACKAGE_DIR} nor under {Path(sys.prefix) / 'share' / 'ecg_study'}: "
+                            "reinstall the package (pip install .) or run from a checkout")
+
+STAGES_DIR, PLANS_DIR = resource_dir("stages"), resource_dir("plans")
 
 # %% auto #0
-__all__ = ['ROOT', 'PLAN_KEYS', 'RUN_KEYS', 'RUNNER_SET', 'PlanError', 'plan_path', 'run_seeds', 'run_tag', 'train_config_types',
-           'stage_parameters', 'validate_plan', 'load_plan']
+__all__ = ['PACKAGE_DIR', 'STAGES_DIR', 'PLANS_DIR', 'PLAN_KEYS', 'RUN_KEYS', 'RUNNER_SET', 'resource_dir', 'PlanError',
+           'plan_path', 'run_seeds', 'run_tag', 'train_config_types', 'stage_parameters', 'validate_plan', 'load_plan']
 
 # %% ../nbs/12a_plans.ipynb #189274d8
 class PlanError(ValueError):
@@ -27,9 +38,9 @@ def plan_path(plan: str | Path) -> Path:
     if p.suffix == ".toml":
         if not p.exists(): raise FileNotFoundError(f"no plan file at {p}")
         return p
-    p = ROOT / "nbs" / "plans" / f"{plan}.toml"
+    p = PLANS_DIR / f"{plan}.toml"
     if not p.exists():
-        known = sorted(q.stem for q in (ROOT / "nbs" / "plans").glob("*.toml"))
+        known = sorted(q.stem for q in PLANS_DIR.glob("*.toml"))
         raise FileNotFoundError(f"no plan {plan!r} at {p}; known plans: {known}")
     return p
 
@@ -58,7 +69,7 @@ def train_config_types() -> dict[str, str]:
 
 def stage_parameters(stage: str | Path) -> dict[str, str]:
     "A stage notebook's (by name or path) parameters and their types: its `parameters` cell's annotations, else the defaults' types."
-    path = Path(stage) if str(stage).endswith(".ipynb") else ROOT / "nbs" / "stages" / f"{stage}.ipynb"
+    path = Path(stage) if str(stage).endswith(".ipynb") else STAGES_DIR / f"{stage}.ipynb"
     nb = json.loads(path.read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     out = {}

@@ -9,7 +9,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from .core import get_logger
-from .plans import ROOT, RUN_KEYS, load_plan, run_seeds, run_tag, stage_parameters
+from .plans import PACKAGE_DIR, RUN_KEYS, STAGES_DIR, load_plan, run_seeds, run_tag, stage_parameters
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
@@ -37,14 +37,14 @@ def _sha(*parts) -> str:
     for p in parts: h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
-def code_hash(root: Path = ROOT) -> str:
+def code_hash(package: Path = PACKAGE_DIR) -> str:
     "Hash of the library source and its data tables (`ecg_study/**/*.py`, `ecg_study/data/*`): a change invalidates cached steps."
-    files = sorted((root / "ecg_study").rglob("*.py")) + sorted((root / "ecg_study" / "data").glob("*"))
+    files = sorted(package.rglob("*.py")) + sorted((package / "data").glob("*"))
     return _sha(*[p.read_bytes() for p in files if p.name != "_modidx.py"])
 
-def step_key(step: Step, upstream: dict[str, str], code: str, root: Path = ROOT) -> str:
+def step_key(step: Step, upstream: dict[str, str], code: str) -> str:
     "Cache key of a step: notebook, parameters, upstream keys (`failed` for a soft need that failed) and code."
-    nb = (root / "nbs" / "stages" / f"{step.stage}.ipynb").read_bytes()
+    nb = (STAGES_DIR / f"{step.stage}.ipynb").read_bytes()
     return _sha(nb, step.params, [upstream.get(n, "failed") for n in step.needs], code)
 
 # %% ../nbs/12_study.ipynb #5187f101
@@ -174,7 +174,7 @@ def render_html(nb_path: Path) -> Path:
 
 def step_paths(plan_dir: Path, step: Step) -> dict:
     "Folders a step reads and writes, passed to its notebook as parameters."
-    root = plan_dir.parents[1] if plan_dir.parent.name == "reports" else ROOT
+    root = plan_dir.parents[1] if plan_dir.parent.name == "reports" else plan_dir.parent   # data/ beside reports/
     plan = plan_dir.name
     cohort = step.params.get("cohort")
     d = {"run_dir": str(plan_dir / step.name), "plan_dir": str(plan_dir)}
@@ -200,7 +200,7 @@ class IPCKernelManager(AsyncKernelManager):
 def stage_params(step: Step, plan_dir: Path, n_threads: int) -> dict:
     "A step's parameters, with the folders and threads the runner sets where its notebook declares them."
     runner = {**step_paths(plan_dir, step), "n_threads": n_threads}
-    declared = stage_parameters(ROOT / "nbs" / "stages" / f"{step.stage}.ipynb")
+    declared = stage_parameters(STAGES_DIR / f"{step.stage}.ipynb")
     return {**step.params, **{k: v for k, v in runner.items() if k in declared}}
 
 def execute_step(step: Step, plan_dir: Path, identifiers: set[int] | None = None, n_threads: int = 1) -> StepResult:
@@ -208,7 +208,7 @@ def execute_step(step: Step, plan_dir: Path, identifiers: set[int] | None = None
     import nbformat, papermill as pm
     run_dir = plan_dir / step.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    nb_in = ROOT / "nbs" / "stages" / f"{step.stage}.ipynb"
+    nb_in = STAGES_DIR / f"{step.stage}.ipynb"
     tmp, final = run_dir / f".{step.stage}.partial.ipynb", run_dir / f"{step.stage}.ipynb"
     params = stage_params(step, plan_dir, n_threads)
     (run_dir / "metrics.json").unlink(missing_ok=True)   # a stale one would pass a failed rerun off as done
@@ -371,11 +371,11 @@ def run_plan(plan: str | Path = "quick", force: bool = False, only: list[str] | 
     spec = load_plan(plan)      # every problem of the plan, before any compute or file
     steps = expand_plan(spec)
     select_steps(steps, only)   # an unknown --only name, too
-    plan_dir = (reports or ROOT / "reports") / spec["name"]
+    plan_dir = Path(reports or "reports").resolve() / spec["name"]      # reports/ (and data/ beside it) in the working directory
     plan_dir.mkdir(parents=True, exist_ok=True)
     parallel = int(spec.get("parallel", 1))
     n_threads = max(1, (os.cpu_count() or 1) // parallel)
-    os.environ.setdefault("PYTHONPATH", str(ROOT))
+    os.environ.setdefault("PYTHONPATH", str(PACKAGE_DIR.parent))   # the kernels import the package this runner imported
     os.environ.pop("MPLBACKEND", None)   # the stage kernels draw inline: Agg would leave every notebook without its plots
     t0 = time.time()
     results = schedule(steps, plan_dir, force=force, only=only, parallel=parallel, n_threads=n_threads)

@@ -15,23 +15,23 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from .core import get_logger
-from .datasets import (DX_PREFIX, LAB_PREFIX, Prepared, columns_with_prefix, label_matrix,
-                                load_prepared, make_loaders, split_indices)
+from .datamodule import PreparedDataModule
+from .datasets import DX_PREFIX, LAB_PREFIX
 from .metrics import macro_auroc
 from .models import FusionModel, MLPHead, Projector, freeze_encoder, over_windows
 from .objectives import cross_modal_loss, masked_bce
 from .run_config import (BASELINES, TrainConfig, load_checkpoint, load_predictions, make_ecg_encoder, make_tab_encoder,
                                   part_path)
 from .s4 import ssm_parameter_groups
-from .tabular import TabularPreprocessor
+from torch import nn
 
 log = get_logger("ecg_study.training")
 
 # %% auto #0
 __all__ = ['log', 'RUNTIME_FIELDS', 'embedding_std', 'PretrainModule', 'DiagnosisModule', 'LabModule', 'FusionModule',
            'TabularModule', 'EpochSync', 'resolve_precision', 'make_trainer', 'run_fingerprint', 'predict',
-           'save_predictions', 'open_run', 'close_run', 'pool_predictions', 'pretrain', 'load_pretrained', 'embed',
-           'finetune_dx', 'finetune_lab', 'train_baseline']
+           'save_predictions', 'open_run', 'close_run', 'pool_predictions', 'pretrain', 'finetune_dx', 'finetune_lab',
+           'train_baseline']
 
 # %% ../nbs/10_training.ipynb #9cb70d5a
 def _tab(batch: dict) -> tuple[torch.Tensor, ...] | None:
@@ -98,13 +98,16 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/10_training.ipynb #d9ab047d
 class PretrainModule(_Stage):
-    "S4 ECG encoder + tabular encoder + projectors trained with a cross-modal objective."
-    def __init__(self, cfg: TrainConfig, n_cont: int, cat_cardinalities: list[int]):
+    "S4 ECG encoder + tabular encoder + their projectors, trained with a cross-modal objective."
+    def __init__(self, cfg: TrainConfig, ecg: nn.Module, tab: nn.Module, proj_ecg: nn.Module, proj_tab: nn.Module):
         super().__init__(cfg)
-        self.ecg = make_ecg_encoder(cfg)
-        self.tab = make_tab_encoder(cfg, n_cont, cat_cardinalities)
-        self.proj_ecg = Projector(cfg.d_model, list(cfg.projector_dims))
-        self.proj_tab = Projector(self.tab.out_dim, list(cfg.projector_dims))
+        self.ecg, self.tab, self.proj_ecg, self.proj_tab = ecg, tab, proj_ecg, proj_tab
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, n_cont: int, cat_cardinalities: list[int]) -> "PretrainModule":
+        "Fresh encoders and projectors of `cfg`'s sizes; built in this order, a seed fixes the initial weights."
+        ecg, tab = make_ecg_encoder(cfg), make_tab_encoder(cfg, n_cont, cat_cardinalities)
+        return cls(cfg, ecg, tab, Projector(cfg.d_model, list(cfg.projector_dims)), Projector(tab.out_dim, list(cfg.projector_dims)))
 
     def objective(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
         kw = ({"lambd": self.cfg.lambd} if self.cfg.loss == "barlow_twins" else {}) | self.cfg.loss_kwargs
@@ -136,25 +139,37 @@ class PretrainModule(_Stage):
         self._val = []
 
 # %% ../nbs/10_training.ipynb #d95db66b
+def _encoder(cfg: TrainConfig, state: dict | None) -> nn.Module:
+    "An ECG encoder of `cfg`'s sizes, with `state` loaded when given."
+    ecg = make_ecg_encoder(cfg)
+    if state is not None: ecg.load_state_dict(state)
+    return ecg
+
 class DiagnosisModule(_Supervised):
     "ECG encoder (pre-trained or random) frozen to a depth + diagnosis head Ψy."
-    def __init__(self, cfg: TrainConfig, n_out: int, encoder_state: dict | None = None, freeze_depth: int = 0):
+    def __init__(self, cfg: TrainConfig, ecg: nn.Module, head: nn.Module, freeze_depth: int = 0):
         super().__init__(cfg)
-        self.ecg = make_ecg_encoder(cfg)
-        if encoder_state is not None: self.ecg.load_state_dict(encoder_state)
+        self.ecg, self.head = ecg, head
         freeze_encoder(self.ecg, freeze_depth)
-        self.head = MLPHead(cfg.d_model, n_out, hidden=cfg.head_hidden)
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, n_out: int, encoder_state: dict | None = None, freeze_depth: int = 0):
+        ecg = _encoder(cfg, encoder_state)
+        return cls(cfg, ecg, MLPHead(cfg.d_model, n_out, hidden=cfg.head_hidden), freeze_depth)
 
     def logits(self, x, tab): return self.head(self.ecg(x))
 
 class LabModule(_Supervised):
     "Frozen stage-2 ECG encoder (eval mode, no gradient) + lab-abnormality head Ψm."
-    def __init__(self, cfg: TrainConfig, n_out: int, encoder_state: dict):
+    def __init__(self, cfg: TrainConfig, ecg: nn.Module, head: nn.Module):
         super().__init__(cfg)
-        self.ecg = make_ecg_encoder(cfg)
-        self.ecg.load_state_dict(encoder_state)
+        self.ecg, self.head = ecg, head
         freeze_encoder(self.ecg, "all")
-        self.head = MLPHead(cfg.d_model, n_out, hidden=cfg.head_hidden)
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, n_out: int, encoder_state: dict):
+        ecg = _encoder(cfg, encoder_state)
+        return cls(cfg, ecg, MLPHead(cfg.d_model, n_out, hidden=cfg.head_hidden))
 
     def logits(self, x, tab):
         with torch.no_grad(): h = self.ecg(x)
@@ -163,18 +178,27 @@ class LabModule(_Supervised):
 # %% ../nbs/10_training.ipynb #098d950d
 class FusionModule(_Supervised):
     "Late-fusion S4 + tabular MLP baseline (concatenated embeddings → linear head)."
-    def __init__(self, cfg: TrainConfig, n_out: int, n_cont: int, cat_cardinalities: list[int]):
+    def __init__(self, cfg: TrainConfig, model: FusionModel):
         super().__init__(cfg)
-        self.model = FusionModel(make_ecg_encoder(cfg), make_tab_encoder(cfg, n_cont, cat_cardinalities), n_out)
+        self.model = model
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, n_out: int, n_cont: int, cat_cardinalities: list[int]):
+        ecg = make_ecg_encoder(cfg)
+        return cls(cfg, FusionModel(ecg, make_tab_encoder(cfg, n_cont, cat_cardinalities), n_out))
 
     def logits(self, x, tab): return self.model(x, *tab)
 
 class TabularModule(_Supervised):
     "Tabular-only MLP baseline."
-    def __init__(self, cfg: TrainConfig, n_out: int, n_cont: int, cat_cardinalities: list[int]):
+    def __init__(self, cfg: TrainConfig, tab: nn.Module, head: nn.Module):
         super().__init__(cfg)
-        self.tab = make_tab_encoder(cfg, n_cont, cat_cardinalities)
-        self.head = MLPHead(self.tab.out_dim, n_out, hidden=cfg.head_hidden)
+        self.tab, self.head = tab, head
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, n_out: int, n_cont: int, cat_cardinalities: list[int]):
+        tab = make_tab_encoder(cfg, n_cont, cat_cardinalities)
+        return cls(cfg, tab, MLPHead(tab.out_dim, n_out, hidden=cfg.head_hidden))
 
     def logits(self, x, tab): return self.head(self.tab(*tab))
 
@@ -236,12 +260,13 @@ def run_fingerprint(module: L.LightningModule, cfg: TrainConfig, data: dict | No
     for k, v in module.state_dict().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
-def _fit(module: L.LightningModule, loaders: dict, cfg: TrainConfig, run_dir: Path, monitor: str, mode: str,
-         data: dict | None = None) -> L.Trainer:
-    "Fit `module`, resuming from `checkpoints/last.ckpt` when `cfg.resume` and it belongs to the same run."
-    trainer = make_trainer(cfg, run_dir, monitor, mode, len(loaders["train"]))
+def _fit(module: L.LightningModule, dm: PreparedDataModule, cfg: TrainConfig, run_dir: Path, monitor: str,
+         mode: str) -> L.Trainer:
+    "Fit `module` on `dm`, resuming from `checkpoints/last.ckpt` when `cfg.resume` and it belongs to the same run."
+    dm.setup()
+    trainer = make_trainer(cfg, run_dir, monitor, mode, len(dm.train_dataloader()))
     last, stamp = run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "fingerprint.txt"
-    fp = run_fingerprint(module, cfg, data)
+    fp = run_fingerprint(module, cfg, dm.checksums)
     if last.exists() and stamp.exists() and stamp.read_text() != fp:
         raise ValueError(f"{run_dir}: its checkpoints belong to another configuration, dataset or encoder; "
                          "use a new run folder (or delete its checkpoints/) to train this one")
@@ -250,7 +275,7 @@ def _fit(module: L.LightningModule, loaders: dict, cfg: TrainConfig, run_dir: Pa
     elif (run_dir / "checkpoints").exists() and rank_zero_only.rank == 0:
         shutil.rmtree(run_dir / "checkpoints")    # a fresh fit: an old best-*.ckpt would be kept as "the best"
     if rank_zero_only.rank == 0: stamp.parent.mkdir(parents=True, exist_ok=True); stamp.write_text(fp)
-    trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(last) if resume else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     return trainer
 
 # %% ../nbs/10_training.ipynb #97aa2220
@@ -281,23 +306,14 @@ def save_predictions(run_dir: Path, split: str, rows: np.ndarray, y_score: np.nd
 
 
 # %% ../nbs/10_training.ipynb #1f4448fc
-def open_run(data_dir, run_dir, cfg: TrainConfig) -> tuple[Prepared, dict, Path, float]:
-    "Seed everything, write `config.json`, open the prepared dataset and its split: (data, splits, run_dir, start time)."
+def open_run(run_dir, cfg: TrainConfig, dm: PreparedDataModule) -> tuple[Path, float]:
+    "Seed everything, write `config.json` and set up the run's data: (run_dir, start time). The model is built after."
     if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0: (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    data = load_prepared(data_dir)
-    splits = split_indices(data.cohort, cfg.crossfit, max(cfg.part, 0))
-    empty = [k for k, v in splits.items() if not len(v)]
-    if empty: raise ValueError(f"prepared dataset {data.path}: no records in the {empty} split(s)")
-    return data, splits, run_dir, time.perf_counter()
-
-def _tabular(data: Prepared, splits: dict, cfg: TrainConfig):
-    "Preprocessor fitted on the training folds, the transformed cohort and the encoder's input sizes."
-    pre = TabularPreprocessor(prefixes=cfg.tab_prefixes).fit(data.cohort.iloc[splits["train"]])
-    tab = pre.transform(data.cohort)
-    return pre, tab, pre.n_cont, pre.cat_cardinalities
+    dm.setup()
+    return run_dir, time.perf_counter()
 
 def close_run(run_dir: Path, summary: dict, t0: float) -> dict:
     "Write `summary.json` (plain floats, seconds since `t0`) and log its scalars."
@@ -329,11 +345,11 @@ def _encoder_cfg(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
         log.warning(f"encoder checkpoint has sizes {sizes}; using them instead of the configured ones")
     return TrainConfig.from_dict(cfg.to_dict() | sizes)
 
-def _test_metrics(module, loaders, data, y, labels, run_dir, cfg) -> dict:
+def _test_metrics(module, dm: PreparedDataModule, run_dir, cfg) -> dict:
     "Save validation and test predictions of the (best) module; macro AUROC on the test fold."
     for split in ("val", "test"):
-        rows, p = predict(module, loaders[split], cfg)
-        pred = save_predictions(run_dir, split, rows, p, y, labels, data.cohort)
+        rows, p = predict(module, dm.loaders[split], cfg)
+        pred = save_predictions(run_dir, split, rows, p, dm.y, dm.labels, dm.data.cohort)
     res = macro_auroc(pred["y_true"], pred["y_score"])
     return {"test_auroc": res["mean_auroc"], "test_auroc_curve": res["curve_auroc"],
             "test_n_labels": res["n_labels"], "test_n_skipped": res["n_skipped"]}
@@ -391,68 +407,31 @@ def _over_parts(stage, data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -
 def pretrain(data_dir, run_dir, cfg: TrainConfig) -> dict:
     "Stage 1: cross-modal pre-training of the ECG and tabular encoders on the training folds."
     if cfg.crossfit and cfg.part < 0: return _over_parts(pretrain, data_dir, run_dir, cfg)
-    data, splits, run_dir, t0 = open_run(data_dir, run_dir, cfg)
-    pre, tab, n_cont, cards = _tabular(data, splits, cfg)
-    loaders = make_loaders(data.signals, {"train": splits["train"], "val": splits["val"]}, tab=tab,
-                           batch_size=cfg.pretrain_batch_size or cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers,
-                           crop=cfg.crop)
-    module = PretrainModule(cfg, n_cont, cards)
+    dm = PreparedDataModule(data_dir, cfg, tabular=True, splits=("train", "val"), batch_size=cfg.pretrain_batch_size)
+    run_dir, t0 = open_run(run_dir, cfg, dm)
+    module = PretrainModule.build(cfg, dm.n_cont, dm.cat_cardinalities)
     with _quiet():
-        trainer = _fit(module, loaders, cfg, run_dir, "val_loss", "min", data.manifest.get("checksums"))
+        trainer = _fit(module, dm, cfg, run_dir, "val_loss", "min")
         best = _load_best(module, trainer)
     _save({"stage": "pretrain", "cfg": cfg.to_dict(), "ecg_encoder": module.ecg.state_dict(),
-                "tab_encoder": module.tab.state_dict(), "proj_ecg": module.proj_ecg.state_dict(),
-                "proj_tab": module.proj_tab.state_dict(), "tab_preprocessor": pre.state_dict(),
-                "n_cont": n_cont, "cat_cardinalities": cards}, run_dir / "checkpoint.pt", trainer)
+           "tab_encoder": module.tab.state_dict(), "proj_ecg": module.proj_ecg.state_dict(),
+           "proj_tab": module.proj_tab.state_dict(), "tab_preprocessor": dm.preprocessor.state_dict(),
+           "n_cont": dm.n_cont, "cat_cardinalities": dm.cat_cardinalities}, run_dir / "checkpoint.pt", trainer)
     return close_run(run_dir, {"stage": "pretrain", **_last_metrics(trainer), **_epochs(trainer, best), "val_loss_best": _val_best(trainer)}, t0)
 
-def load_pretrained(encoder_ckpt, pretrained: bool = True) -> tuple[PretrainModule, TabularPreprocessor]:
-    "The stage-1 module (eval mode) and tabular preprocessor of a pre-training `checkpoint.pt`; `pretrained=False`: its initial weights."
-    ckpt = load_checkpoint(encoder_ckpt)
-    if ckpt.get("stage") != "pretrain": raise ValueError(f"{encoder_ckpt}: not a pre-training checkpoint (stage {ckpt.get('stage')!r})")
-    cfg = TrainConfig.from_dict(ckpt["cfg"])
-    L.seed_everything(cfg.seed, verbose=False)    # same seed, same construction order as `pretrain`: same initial weights
-    module = PretrainModule(cfg, ckpt["n_cont"], ckpt["cat_cardinalities"])
-    if pretrained:
-        for part, key in (("ecg", "ecg_encoder"), ("tab", "tab_encoder"), ("proj_ecg", "proj_ecg"), ("proj_tab", "proj_tab")):
-            getattr(module, part).load_state_dict(ckpt[key])
-    return module.eval(), TabularPreprocessor.from_state_dict(ckpt["tab_preprocessor"])
-
 # %% ../nbs/10_training.ipynb #27f6402d
-@torch.no_grad()
-def embed(data_dir, encoder_ckpt, split: str = "test", pretrained: bool = True, batch_size: int = 256) -> dict:
-    "Encoder outputs (h) and projections (z) of ECG and tabular views of one split's records (CPU)."
-    module, pre = load_pretrained(encoder_ckpt, pretrained)
-    data = load_prepared(data_dir)
-    idx = split_indices(data.cohort, module.cfg.crossfit, max(module.cfg.part, 0))[split]
-    loader = make_loaders(data.signals, {split: idx}, tab=pre.transform(data.cohort), batch_size=batch_size,
-                          crop=module.cfg.crop)[split]
-    out = {k: [] for k in ("rows", "h_ecg", "h_tab", "z_ecg", "z_tab")}
-    for b in loader:
-        h_ecg = over_windows(module.ecg, b["x"])
-        h_tab = module.tab(*_tab(b))
-        for k, v in zip(out, (b["row"], h_ecg, h_tab, module.proj_ecg(h_ecg), module.proj_tab(h_tab))): out[k].append(v)
-    out = {k: torch.cat(v).numpy() for k, v in out.items()}
-    return out | {"study_ids": data.cohort["study_id"].to_numpy()[out["rows"]]}
-
-def _supervised(module_fn, labels_prefix: str, data_dir, run_dir, cfg: TrainConfig, stage: str,
-                use_signals: bool = True, use_tab: bool = False, extra: dict | None = None) -> dict:
-    "Shared body of the supervised stages: data, fit, best checkpoint, checkpoint.pt, test predictions."
-    data, splits, run_dir, t0 = open_run(data_dir, run_dir, cfg)
-    labels = columns_with_prefix(data.cohort, labels_prefix)
-    if not labels: raise ValueError(f"prepared dataset {data.path}: no {labels_prefix}* label columns")
-    y = label_matrix(data.cohort, labels)
-    tab, n_cont, cards, pre = None, 0, [], None
-    if use_tab: pre, tab, n_cont, cards = _tabular(data, splits, cfg)
-    loaders = make_loaders(data.signals if use_signals else None, splits, y, tab, batch_size=cfg.batch_size,
-                           seed=cfg.seed, num_workers=cfg.num_workers, crop=cfg.crop)
-    module = module_fn(len(labels), n_cont, cards)
+def _supervised(build, dm: PreparedDataModule, run_dir, cfg: TrainConfig, stage: str, extra: dict | None = None) -> dict:
+    """Shared body of the supervised stages: data, the module `build(dm)` makes for it, fit, best checkpoint,
+    checkpoint.pt, test predictions."""
+    run_dir, t0 = open_run(run_dir, cfg, dm)
+    module = build(dm)
     with _quiet():
-        trainer = _fit(module, loaders, cfg, run_dir, "val_auroc", "max", data.manifest.get("checksums"))
+        trainer = _fit(module, dm, cfg, run_dir, "val_auroc", "max")
         best = _load_best(module, trainer)
-        test = _test_metrics(module, loaders, data, y, labels, run_dir, cfg)
+        test = _test_metrics(module, dm, run_dir, cfg)
+    labels = dm.labels
     state = {"stage": stage, "cfg": cfg.to_dict(), "labels": labels, "model": module.state_dict(),
-             "tab_preprocessor": pre.state_dict() if pre is not None else None}
+             "tab_preprocessor": dm.preprocessor.state_dict() if dm.preprocessor is not None else None}
     if hasattr(module, "ecg"): state["ecg_encoder"] = module.ecg.state_dict()
     _save(state, run_dir / "checkpoint.pt", trainer)
     return close_run(run_dir, {"stage": stage, **(extra or {}), "n_labels": len(labels), **_epochs(trainer, best),
@@ -466,16 +445,17 @@ def finetune_dx(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -> dict:
     if encoder_ckpt is not None:
         ckpt = load_checkpoint(encoder_ckpt)
         cfg, state = _encoder_cfg(cfg, ckpt), ckpt["ecg_encoder"]
-    return _supervised(lambda k, *_: DiagnosisModule(cfg, k, state, cfg.freeze_depth), DX_PREFIX, data_dir, run_dir,
-                       cfg, "finetune_dx", extra={"pretrained": encoder_ckpt is not None, "freeze_depth": cfg.freeze_depth})
+    return _supervised(lambda dm: DiagnosisModule.build(cfg, dm.n_labels, state, cfg.freeze_depth),
+                       PreparedDataModule(data_dir, cfg, DX_PREFIX), run_dir, cfg, "finetune_dx",
+                       extra={"pretrained": encoder_ckpt is not None, "freeze_depth": cfg.freeze_depth})
 
 def finetune_lab(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt) -> dict:
     "Stage 3: lab-abnormality head on the frozen stage-2 ECG encoder (masked BCE)."
     if cfg.crossfit and cfg.part < 0: return _over_parts(finetune_lab, data_dir, run_dir, cfg, encoder_ckpt)
     ckpt = load_checkpoint(encoder_ckpt)
     cfg = _encoder_cfg(cfg, ckpt)
-    return _supervised(lambda k, *_: LabModule(cfg, k, ckpt["ecg_encoder"]), LAB_PREFIX, data_dir, run_dir, cfg,
-                       "finetune_lab")
+    return _supervised(lambda dm: LabModule.build(cfg, dm.n_labels, ckpt["ecg_encoder"]),
+                       PreparedDataModule(data_dir, cfg, LAB_PREFIX), run_dir, cfg, "finetune_lab")
 
 # %% ../nbs/10_training.ipynb #fd59482a
 def train_baseline(kind: str, data_dir, run_dir, cfg: TrainConfig) -> dict:
@@ -485,11 +465,12 @@ def train_baseline(kind: str, data_dir, run_dir, cfg: TrainConfig) -> dict:
     if kind == "ecg_only":
         return finetune_dx(data_dir, run_dir, TrainConfig.from_dict(cfg.to_dict() | {"freeze_depth": 0}))
     if kind == "multimodal":
-        return _supervised(lambda k, n, c: FusionModule(cfg, k, n, c), DX_PREFIX, data_dir, run_dir, cfg,
-                           "multimodal", use_tab=True)
+        return _supervised(lambda dm: FusionModule.build(cfg, dm.n_labels, dm.n_cont, dm.cat_cardinalities),
+                           PreparedDataModule(data_dir, cfg, DX_PREFIX, tabular=True), run_dir, cfg, "multimodal")
     if kind == "tabular_mlp":
-        return _supervised(lambda k, n, c: TabularModule(cfg, k, n, c), DX_PREFIX, data_dir, run_dir, cfg,
-                           "tabular_mlp", use_signals=False, use_tab=True)
+        return _supervised(lambda dm: TabularModule.build(cfg, dm.n_labels, dm.n_cont, dm.cat_cardinalities),
+                           PreparedDataModule(data_dir, cfg, DX_PREFIX, signals=False, tabular=True), run_dir, cfg,
+                           "tabular_mlp")
     if kind == "tabular_trees":
         from ecg_study.trees import train_trees    # trees import this module's run helpers
         return train_trees(data_dir, run_dir, cfg)

@@ -6,7 +6,8 @@
 from __future__ import annotations
 import numpy as np
 from .core import get_logger
-from .datasets import DX_PREFIX, columns_with_prefix, label_matrix
+from .datamodule import PreparedDataModule
+from .datasets import DX_PREFIX, columns_with_prefix
 from .metrics import macro_auroc
 from .run_config import TrainConfig
 from .training import close_run, open_run, save_predictions
@@ -44,9 +45,9 @@ def fit_trees_baseline(X: np.ndarray, y: np.ndarray, train: np.ndarray, predict_
 # %% ../nbs/10a_trees.ipynb #9c54a561
 def train_trees(data_dir, run_dir, cfg: TrainConfig) -> dict:
     "The trees baseline on the training folds: validation and test predictions, macro AUROC."
-    data, splits, run_dir, t0 = open_run(data_dir, run_dir, cfg)
-    labels = columns_with_prefix(data.cohort, DX_PREFIX)
-    y = label_matrix(data.cohort, labels)
+    dm = PreparedDataModule(data_dir, cfg, DX_PREFIX, signals=False, splits=())    # the split and labels; no loaders
+    run_dir, t0 = open_run(run_dir, cfg, dm)
+    data, splits, labels, y = dm.data, dm.splits, dm.labels, dm.y
     X = data.cohort[columns_with_prefix(data.cohort, cfg.tab_prefixes)].to_numpy(dtype=np.float32, na_value=np.nan)
     rows = np.concatenate([splits["val"], splits["test"]])
     p, skipped = fit_trees_baseline(X, y, splits["train"], rows, cfg.trees_max_iter, cfg.trees_max_leaf_nodes,

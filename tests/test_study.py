@@ -5,6 +5,7 @@ import nbformat
 import pandas as pd
 import pytest
 import ecg_study.study as study
+from ecg_study.plans import PLANS_DIR, STAGES_DIR
 
 TINY = """
 name = "tiny"
@@ -83,13 +84,13 @@ loss = "no_such_loss"
 """
 
 def test_plans_expand():
-    for p in sorted((study.ROOT / "nbs" / "plans").glob("*.toml")):
+    for p in sorted(PLANS_DIR.glob("*.toml")):
         spec = tomllib.loads(p.read_text()); spec.setdefault("name", p.stem)
         steps = study.expand_plan(spec)
         names = [s.name for s in steps]
         assert len(names) == len(set(names)) and names[-2:] == ["evaluate", "figures"], p
         assert {"method_s0_dx", "ecg_only_s0"} <= set(names), p
-        for s in steps: assert (study.ROOT / "nbs" / "stages" / f"{s.stage}.ipynb").exists(), s.stage
+        for s in steps: assert (STAGES_DIR / f"{s.stage}.ipynb").exists(), s.stage
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -145,7 +146,7 @@ def test_privacy_check_refuses_a_planted_subject_id(tmp_path, monkeypatch):
                                   "pathlib.Path(run_dir, 'metrics.json').write_text('{}')")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
     nbformat.write(nb, tmp_path / "nbs" / "stages" / "leak.ipynb")
-    monkeypatch.setattr(study, "ROOT", tmp_path)
+    monkeypatch.setattr(study, "STAGES_DIR", tmp_path / "nbs" / "stages")
     plan_dir = tmp_path / "reports" / "p"
     res = study.execute_step(study.Step("leak", "leak", {}), plan_dir, identifiers={10000032})
     assert res.status == "failed" and "patient identifier" in res.error
@@ -165,6 +166,6 @@ def test_privacy_check_covers_the_dataset_a_step_builds(tmp_path, monkeypatch):
             "print('first ECG', 40689238)\npathlib.Path(run_dir, 'metrics.json').write_text('{}')")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
     nbformat.write(nb, tmp_path / "nbs" / "stages" / "build.ipynb")
-    monkeypatch.setattr(study, "ROOT", tmp_path)
+    monkeypatch.setattr(study, "STAGES_DIR", tmp_path / "nbs" / "stages")
     res = study.execute_step(study.Step("prepare_mimic", "build", {"cohort": "mimic"}), tmp_path / "reports" / "p")
     assert res.status == "failed" and "patient identifier" in res.error
