@@ -23,11 +23,12 @@ log = get_logger("ecg_study.cohort")
 # %% auto #0
 __all__ = ['log', 'RAW_TABLES', 'ECG_TABLE', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN', 'BIOMETRIC_WINDOW_DAYS', 'VITAL_RULES',
            'BIOMETRIC_RULES', 'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT', 'ID_COLUMNS', 'SOURCES',
-           'find_table', 'register_table', 'connect_raw', 'select_samples', 'gem_icd9_to_icd10', 'normalise_icd10_sql',
-           'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql', 'build_features', 'build_lab_tables',
-           'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels', 'default_min_label_count',
-           'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns', 'feature_columns', 'read_prepared',
-           'store_signals', 'signal_rows', 'skip_counts', 'raw_fingerprint', 'prepare']
+           'PREPARED_FILES', 'find_table', 'register_table', 'connect_raw', 'select_samples', 'gem_icd9_to_icd10',
+           'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql', 'build_features',
+           'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels',
+           'default_min_label_count', 'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns',
+           'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'skip_counts', 'raw_fingerprint',
+           'prepare']
 
 # %% ../nbs/03_cohort.ipynb #8d82979f
 RAW_TABLES = {  # view name -> (relative path without .csv[.gz], {column: SQL type})
@@ -443,12 +444,17 @@ def raw_fingerprint(raw: Path, ecg: Path | None) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/03_cohort.ipynb #606cc1b3
+PREPARED_FILES = {"cohort.parquet", "signals.npy", "manifest.json", ".work"}   # all a prepared dataset folder holds
+
 def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_label_count: int | None = None,
             seed: int = 0, n_jobs: int = 2, progress: bool = True, export_mds_ed: Path | None = None,
             min_lab_pos: int = 10, memory_limit: str = "4GB") -> dict:
     "Build the prepared dataset (cohort.parquet, signals.npy, manifest.json) in `out`; returns the manifest."
     if source not in SOURCES: raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
     raw, out = Path(raw).resolve(), Path(out).resolve()
+    if not raw.exists(): raise FileNotFoundError(f"prepare: raw source {raw} does not exist (nothing was written)")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in PREPARED_FILES) if out.is_dir() else []
+    if foreign: raise ValueError(f"prepare: {out} is not a prepared dataset (it holds {foreign[:3]}): choose a new or empty folder")
     if ecg is None and source != "mds_ed": ecg = raw / "ecg"
     ecg = None if ecg is None else Path(ecg).resolve()
     params = {"source": source, "raw": str(raw), "ecg": str(ecg), "min_label_count": min_label_count, "seed": seed,

@@ -314,3 +314,15 @@ def test_rewritten_raw_tables_make_the_dataset_stale(tmp_path):
     assert m2["checksums"]["cohort.parquet"] != m["checksums"]["cohort.parquet"]
     after = read_prepared(out)[0]["vitals_heartrate_max"]
     assert before.notna().any() and np.allclose(after.dropna(), before.dropna() + 7)
+
+def test_prepare_refuses_a_missing_source_and_a_foreign_folder(prepared, tmp_path):
+    "Input is checked before anything is written: a typo in --raw or --out destroys nothing."
+    raw, out, m, cohort, sig = prepared
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        prepare("synthetic", tmp_path / "no_such_raw", out, n_jobs=1, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before     # the finished dataset is untouched
+    other = tmp_path / "my_notes"; other.mkdir(); (other / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match="not a prepared dataset"):
+        prepare("synthetic", raw, other, n_jobs=1, progress=False)
+    assert [p.name for p in other.iterdir()] == ["thesis.tex"]

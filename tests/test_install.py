@@ -3,35 +3,12 @@ from another working directory, writing `reports/` and `data/` there."""
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 
+from test_study import TINY
+
 REPO = Path(__file__).resolve().parents[1]
-MICRO = """
-name = "micro"
-[cohorts.synthetic]
-source = "synthetic"
-n_patients = 60
-min_lab_pos = 1
-min_label_count = 3
-[defaults]
-seeds = [0]
-crossfit = 2
-patience = 1
-d_model = 8
-n_layers = 1
-d_state = 4
-dropout = 0.0
-batch_size = 32
-epochs = 1
-freeze_depth = 1
-[evaluate]
-n_boot = 20
-n_boot_curve = 0
-[[runs]]
-name = "method"
-kind = "method"
-[[runs]]
-name = "ecg_only"
-kind = "supervised"
-"""
+# the tiny plan's cohort, model sizes and its method and ECG-only runs: what the figures need, nothing more
+_RUNS = TINY[TINY.index("[[runs]]"):TINY.index('[[runs]]\nname = "no_lab"')]
+MICRO = TINY.split("[explain]")[0].replace('name = "tiny"', 'name = "micro"') + "[evaluate]\nn_boot = 20\nn_boot_curve = 0\n" + _RUNS
 
 def _py(code: str, cwd: Path, env: dict, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
