@@ -36,13 +36,18 @@ class PreparedDataModule(L.LightningDataModule):
         self.y = label_matrix(data.cohort, self.labels) if self.labels else None
         self.preprocessor = TabularPreprocessor(prefixes=self.cfg.tab_prefixes).fit(data.cohort.iloc[self.splits["train"]]) if self.use_tabular else None
         tab = self.preprocessor.transform(data.cohort) if self.use_tabular else None
-        self.n_labels, self.n_cont = len(self.labels), self.preprocessor.n_cont if self.use_tabular else 0
-        self.cat_cardinalities = self.preprocessor.cat_cardinalities if self.use_tabular else []
         self.loaders = make_loaders(data.signals if self.use_signals else None, {k: self.splits[k] for k in self.split_names},
                                     self.y, tab, batch_size=self.batch_size, seed=self.cfg.seed,
                                     num_workers=self.cfg.num_workers, crop=self.cfg.crop)
         self.data = data
 
+    # the model's sizes, read from what setup built
+    @property
+    def n_labels(self) -> int: return len(self.labels)
+    @property
+    def n_cont(self) -> int: return self.preprocessor.n_cont if self.preprocessor else 0
+    @property
+    def cat_cardinalities(self) -> list[int]: return self.preprocessor.cat_cardinalities if self.preprocessor else []
     @property
     def checksums(self) -> dict | None: return self.data.manifest.get("checksums")
     def train_dataloader(self): return self.loaders["train"]
