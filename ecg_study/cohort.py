@@ -27,8 +27,8 @@ __all__ = ['log', 'RAW_TABLES', 'ECG_TABLE', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN
            'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql', 'build_features',
            'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels',
            'default_min_label_count', 'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns',
-           'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'skip_counts', 'raw_fingerprint',
-           'prepare']
+           'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'skip_counts', 'source_paths',
+           'raw_fingerprint', 'prepare']
 
 # %% ../nbs/03_cohort.ipynb #8d82979f
 RAW_TABLES = {  # view name -> (relative path without .csv[.gz], {column: SQL type})
@@ -434,13 +434,24 @@ def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_job
     return cohort, counts, extra, keep
 
 # %% ../nbs/03_cohort.ipynb #b2deff3a
+def source_paths(source: str, raw, ecg=None) -> tuple[Path, Path | None]:
+    "The raw source and the MIMIC-IV-ECG folder a cohort is built from (default `raw/ecg`; MDS-ED: none unless given)."
+    raw = Path(raw).resolve()
+    if ecg is None and source != "mds_ed": ecg = raw / "ecg"
+    return raw, None if ecg is None else Path(ecg).resolve()
+
 def raw_fingerprint(raw: Path, ecg: Path | None) -> str:
-    "Hash of the raw tables' names, sizes and modification times: a rewritten source makes the dataset stale."
+    """Hash of the names, sizes and modification times of the raw tables and WFDB records: a rewritten table or a
+    re-downloaded record makes the dataset stale. Stat calls only (MIMIC-IV-ECG's 1.6 M record files take seconds)."""
     files = [raw] if raw.is_file() else sorted([*raw.glob("hosp/*.csv*"), *raw.glob("ed/*.csv*"), *raw.glob("*.csv*")])
-    if ecg is not None: files += [f for f in (ecg / "record_list.csv", ecg / "machine_measurements.csv") if f.exists()]
+    names = [f.name for f in files]
+    if ecg is not None and ecg.is_dir():
+        tables = [f for f in (ecg / "record_list.csv", ecg / "machine_measurements.csv") if f.exists()]
+        records = sorted(f for f in (ecg / "files").rglob("*") if f.suffix in (".hea", ".dat"))
+        files += tables + records; names += [f.name for f in tables] + [str(f.relative_to(ecg)) for f in records]
     h = hashlib.sha256()
-    for f in files:
-        st = f.stat(); h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    for name, f in zip(names, files):
+        st = f.stat(); h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()[:16]
 
 # %% ../nbs/03_cohort.ipynb #606cc1b3
@@ -449,14 +460,14 @@ PREPARED_FILES = {"cohort.parquet", "signals.npy", "manifest.json", ".work"}   #
 def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_label_count: int | None = None,
             seed: int = 0, n_jobs: int = 2, progress: bool = True, export_mds_ed: Path | None = None,
             min_lab_pos: int = 10, memory_limit: str = "4GB") -> dict:
-    "Build the prepared dataset (cohort.parquet, signals.npy, manifest.json) in `out`; returns the manifest."
+    """Build the prepared dataset (cohort.parquet, signals.npy, manifest.json) in `out`; returns the manifest. It is
+    built in a sibling folder and swapped in when complete: a failed or interrupted build leaves `out` as it was."""
     if source not in SOURCES: raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
-    raw, out = Path(raw).resolve(), Path(out).resolve()
+    out = Path(out).resolve()
+    raw, ecg = source_paths(source, raw, ecg)
     if not raw.exists(): raise FileNotFoundError(f"prepare: raw source {raw} does not exist (nothing was written)")
     foreign = sorted(p.name for p in out.iterdir() if p.name not in PREPARED_FILES) if out.is_dir() else []
     if foreign: raise ValueError(f"prepare: {out} is not a prepared dataset (it holds {foreign[:3]}): choose a new or empty folder")
-    if ecg is None and source != "mds_ed": ecg = raw / "ecg"
-    ecg = None if ecg is None else Path(ecg).resolve()
     params = {"source": source, "raw": str(raw), "ecg": str(ecg), "min_label_count": min_label_count, "seed": seed,
               "min_lab_pos": min_lab_pos, "dtype": "float32", "raw_fingerprint": raw_fingerprint(raw, ecg)}
     mpath = out / "manifest.json"
@@ -466,8 +477,15 @@ def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_labe
             log.info("prepared dataset %s is current; nothing to do", out)
             if export_mds_ed is not None: _export(out, export_mds_ed)
             return old
+    build = out.with_name(f".{out.name}.building")
+    manifest = _build(source, raw, ecg, build, params, min_label_count, seed, n_jobs, progress, min_lab_pos, memory_limit)
+    _swap(build, out)
+    if export_mds_ed is not None: _export(out, export_mds_ed)
+    return manifest
+
+def _build(source, raw, ecg, out: Path, params: dict, min_label_count, seed, n_jobs, progress, min_lab_pos, memory_limit) -> dict:
+    "Build a complete prepared dataset in `out` (resuming an interrupted build of the same inputs from `out/.work`)."
     out.mkdir(parents=True, exist_ok=True)
-    mpath.unlink(missing_ok=True)  # an incomplete dataset has no manifest
     work = out / ".work" / "parameters.json"   # an interrupted build resumes only with the same inputs
     if work.parent.exists() and (not work.exists() or json.loads(work.read_text()) != params):
         shutil.rmtree(work.parent)
@@ -490,9 +508,16 @@ def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_labe
                 "labels": {"diagnoses": _prevalences(cohort, diag), "lababn": _prevalences(cohort, lab)},
                 "n_features": len(feature_columns(cohort)), "signals_shape": [len(cohort), N_SAMPLES, len(STUDY_LEADS)],
                 "checksums": {f: sha256_file(out / f) for f in ("cohort.parquet", "signals.npy")}}
-    atomic_write(mpath, lambda p: p.write_text(json.dumps(manifest, indent=1, default=str)))
-    if export_mds_ed is not None: _export(out, export_mds_ed)
+    atomic_write(out / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1, default=str)))
     return manifest
+
+def _swap(new: Path, out: Path) -> None:
+    "Put the built dataset in place of `out`: the old one is set aside first and deleted once the new one is in place."
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists(): os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 # %% ../nbs/03_cohort.ipynb #fb8af8a4
 def _export(out: Path, path: Path) -> Path:

@@ -58,6 +58,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-3
     lr_ssm: float = 1e-3
+    ema: float = 0.0                    # decay of an exponential moving average of the weights, validated and kept (0: off)
     crop: int = CROP
     # gradient-boosted trees baseline
     trees_max_iter: int = 30

@@ -18,8 +18,8 @@ log = get_logger("ecg_study.study")
 # %% auto #0
 __all__ = ['log', 'Step', 'code_hash', 'step_key', 'expand_plan', 'PrivacyError', 'notebook_output_text', 'privacy_check',
            'cohort_identifiers', 'StepResult', 'render_html', 'step_paths', 'IPCKernelManager', 'stage_params',
-           'execute_step', 'read_stamp', 'select_steps', 'schedule', 'timing_table', 'write_index', 'run_plan',
-           'write_metrics', 'stage_runs']
+           'execute_step', 'read_stamp', 'is_current', 'select_steps', 'schedule', 'timing_table', 'write_index',
+           'run_plan', 'write_metrics', 'stage_runs']
 
 # %% ../nbs/12_study.ipynb #55383117
 @dataclass
@@ -42,10 +42,18 @@ def code_hash(package: Path = PACKAGE_DIR) -> str:
     files = sorted(package.rglob("*.py")) + sorted((package / "data").glob("*"))
     return _sha(*[p.read_bytes() for p in files if p.name != "_modidx.py"])
 
+def _source_key(params: dict) -> str | None:
+    "What a `prepare` step reads from outside the study: `cohort.raw_fingerprint` of its raw source (None: simulated here)."
+    if not params.get("raw"): return None    # a simulated cohort's raw folder is the step's own output: its parameters say it all
+    from ecg_study.cohort import raw_fingerprint, source_paths
+    raw, ecg = source_paths(params.get("source", "synthetic"), params["raw"], params.get("ecg") or None)
+    return raw_fingerprint(raw, ecg) if raw.exists() else "missing"
+
 def step_key(step: Step, upstream: dict[str, str], code: str) -> str:
-    "Cache key of a step: notebook, parameters, upstream keys (`failed` for a soft need that failed) and code."
+    "Cache key of a step: notebook, parameters, upstream keys (`failed` for a soft need that failed), code, raw sources."
     nb = (STAGES_DIR / f"{step.stage}.ipynb").read_bytes()
-    return _sha(nb, step.params, [upstream.get(n, "failed") for n in step.needs], code)
+    src = _source_key(step.params) if step.stage == "prepare" else None
+    return _sha(nb, step.params, [upstream.get(n, "failed") for n in step.needs], code, src)
 
 # %% ../nbs/12_study.ipynb #5187f101
 def _cohort_steps(plan: dict) -> list[Step]:
@@ -239,10 +247,20 @@ def read_stamp(run_dir: Path) -> dict:
     p = run_dir / "stamp.json"
     return json.loads(p.read_text()) if p.exists() else {}
 
+def _manifest(plan_dir: Path, step: Step) -> Path:
+    return Path(step_paths(plan_dir, step)["data_dir"]) / "manifest.json"
+
 def _downstream_key(step: Step, key: str, plan_dir: Path) -> str:
+    "What later steps see of a step: its key; of a `prepare` step, its parameters and the dataset's checksums."
     if step.stage != "prepare": return key
-    man = Path(step_paths(plan_dir, step)["data_dir"]) / "manifest.json"
-    return _sha(key, json.loads(man.read_text()).get("checksums") if man.exists() else None)
+    man = _manifest(plan_dir, step)
+    return _sha(step.params, json.loads(man.read_text()).get("checksums") if man.exists() else None)
+
+def is_current(step: Step, key: str, plan_dir: Path) -> bool:
+    "A step's outputs are there and were made with this key (a `prepare` step's dataset, too: a deleted one is rebuilt)."
+    run_dir, stamp = plan_dir / step.name, read_stamp(plan_dir / step.name)
+    made = stamp.get("key") == key and stamp.get("status") == "ok" and (run_dir / "metrics.json").exists()
+    return made and (step.stage != "prepare" or _manifest(plan_dir, step).exists())
 
 # %% ../nbs/12_study.ipynb #93e96471
 def select_steps(steps: list[Step], only: list[str] | None) -> set[str]:
@@ -305,8 +323,7 @@ def schedule(steps: list[Step], plan_dir: Path, force: bool = False, only: list[
                     s = by_name[name] = replace(s, params={**s.params, "steps": [n for n in s.needs if done[n].status in ("ok", "skipped")]})
                 key, run_dir = key_fn(s, keys, code), plan_dir / name
                 stamp = read_stamp(run_dir)
-                current = stamp.get("key") == key and stamp.get("status") == "ok" and (run_dir / "metrics.json").exists()
-                if current and not (force and name in selected):
+                if is_current(s, key, plan_dir) and not (force and name in selected):
                     done[name] = StepResult(name, s.stage, s.group, "skipped", stamp.get("seconds", 0.0))
                     keys[name] = _downstream_key(s, key, plan_dir); continue
                 if name not in wanted:

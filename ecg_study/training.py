@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import lightning as L
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightAveraging
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from .core import get_logger
@@ -242,10 +243,13 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, monitor: str, mode: str, n_tra
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch}", monitor=monitor, mode=mode,
                            save_top_k=1, save_last=True)
     stop = [EarlyStopping(monitor, patience=cfg.patience, mode=mode)] if cfg.patience > 0 else []
+    # EMA weights are what validation scores and checkpoints keep: a fit then ends on a smoothed trajectory, not on
+    # the last noisy step, which shrinks the spread between seeds (benchmarks/README.md, Seed variance)
+    ema = [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))] if cfg.ema > 0 else []
     return L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
                      precision=resolve_precision(cfg), max_epochs=cfg.epochs, max_time=cfg.max_time,
                      deterministic="warn" if cfg.deterministic else None, logger=CSVLogger(run_dir, name="logs"),
-                     callbacks=[ckpt, EpochSync(), *stop], enable_progress_bar=cfg.enable_progress_bar,
+                     callbacks=[ckpt, EpochSync(), *stop, *ema], enable_progress_bar=cfg.enable_progress_bar,
                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir,
                      log_every_n_steps=max(1, min(50, n_train_batches)), limit_train_batches=cfg.limit_train_batches)
 

@@ -9,7 +9,7 @@ import pytest
 import wfdb
 
 from ecg_study.core import MIMIC_LEADS, STUDY_LEADS
-from ecg_study.cohort import prepare, read_prepared, label_columns, feature_columns
+from ecg_study.cohort import prepare, read_prepared, label_columns, feature_columns, raw_fingerprint, source_paths
 from ecg_study.mds_ed import export_prepared
 
 T0 = datetime(2150, 3, 1, 10, 0)
@@ -326,3 +326,21 @@ def test_prepare_refuses_a_missing_source_and_a_foreign_folder(prepared, tmp_pat
     with pytest.raises(ValueError, match="not a prepared dataset"):
         prepare("synthetic", raw, other, n_jobs=1, progress=False)
     assert [p.name for p in other.iterdir()] == ["thesis.tex"]
+
+def test_a_failed_rebuild_leaves_the_finished_dataset(tmp_path):
+    "The dataset is built beside `out` and swapped in when complete: a rebuild that fails part way changes nothing."
+    raw, out = build_raw(tmp_path / "raw"), tmp_path / "ds"
+    m = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (raw / "ed" / "triage.csv.gz").unlink()                                   # the rebuild will fail
+    with pytest.raises(FileNotFoundError, match="triage"):
+        prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before and read_prepared(out)[2]["checksums"] == m["checksums"]
+
+def test_a_re_downloaded_record_changes_the_fingerprint(tmp_path):
+    "Records count in what a dataset was built from (size and modification time), not only the tables."
+    raw = build_raw(tmp_path / "raw")
+    fp = raw_fingerprint(*source_paths("synthetic", raw))
+    rec = next((raw / "ecg" / "files").rglob("*.dat"))
+    os.utime(rec, ns=(rec.stat().st_atime_ns, rec.stat().st_mtime_ns + 10**9))
+    assert raw_fingerprint(*source_paths("synthetic", raw)) != fp
