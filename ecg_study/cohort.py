@@ -454,7 +454,7 @@ def raw_fingerprint(raw: Path, ecg: Path | None) -> str:
         st = f.stat(); h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()[:16]
 
-# %% ../nbs/03_cohort.ipynb #606cc1b3
+# %% ../nbs/03_cohort.ipynb #a4973ff2
 PREPARED_FILES = {"cohort.parquet", "signals.npy", "manifest.json", ".work"}   # all a prepared dataset folder holds
 
 def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_label_count: int | None = None,
@@ -483,6 +483,7 @@ def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_labe
     if export_mds_ed is not None: _export(out, export_mds_ed)
     return manifest
 
+# %% ../nbs/03_cohort.ipynb #2bc1d4ff
 def _build(source, raw, ecg, out: Path, params: dict, min_label_count, seed, n_jobs, progress, min_lab_pos, memory_limit) -> dict:
     "Build a complete prepared dataset in `out` (resuming an interrupted build of the same inputs from `out/.work`)."
     out.mkdir(parents=True, exist_ok=True)
@@ -511,6 +512,7 @@ def _build(source, raw, ecg, out: Path, params: dict, min_label_count, seed, n_j
     atomic_write(out / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1, default=str)))
     return manifest
 
+# %% ../nbs/03_cohort.ipynb #314837cf
 def _swap(new: Path, out: Path) -> None:
     "Put the built dataset in place of `out`: the old one is set aside first and deleted once the new one is in place."
     old = out.with_name(f".{out.name}.old")
