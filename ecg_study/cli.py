@@ -98,7 +98,9 @@ def explain_cli(records: list[str], model, out=None, fmt: str = "json") -> int:
     if fmt == "json":
         text = json.dumps(results, indent=1)
         print(text)
-        if out: Path(out).mkdir(parents=True, exist_ok=True); (Path(out) / "explain.json").write_text(text)
+        if out:     # a .json path is the file itself; anything else is a folder for explain.json
+            path = Path(out) if Path(out).suffix == ".json" else Path(out) / "explain.json"
+            path.parent.mkdir(parents=True, exist_ok=True); path.write_text(text)
     else:
         out = Path(out or ".")
         single = out.suffix == ".html" and len(records) == 1
@@ -114,29 +116,40 @@ def explain_cli(records: list[str], model, out=None, fmt: str = "json") -> int:
 
 # %% ../nbs/13_cli.ipynb #f003e7a3
 def build_parser() -> argparse.ArgumentParser:
-    "The `ecg-study` argument parser with one subparser per stage of the study."
-    p = argparse.ArgumentParser(prog="ecg-study", description=__doc__ or "ECG clinical-knowledge study")
+    "The `ecg-study` argument parser with one subparser per stage of the study; every option shows its default."
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="ecg-study", description=__doc__ or "ECG clinical-knowledge study", formatter_class=fmt,
+                                epilog="Start with `ecg-study run` (the default plan, as `make study`); README.md explains the rest.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("synth", help="write a synthetic cohort in the raw MIMIC-IV / -ED / -ECG layout")
-    s.add_argument("--out", required=True); s.add_argument("--patients", type=int, default=1000)
-    s.add_argument("--seed", type=int, default=0); s.add_argument("--coupling", type=float, default=1.0)
-    s.add_argument("--faulty-rate", type=float, default=0.01); s.add_argument("--jobs", type=int, default=2)
-    s.add_argument("--quiet", action="store_true"); s.set_defaults(fn=_synth)
-    s = sub.add_parser("prepare", help="build the prepared dataset (cohort.parquet, signals.npy, manifest.json)")
-    s.add_argument("--source", required=True, choices=["mimic", "mds_ed", "synthetic"])
-    s.add_argument("--raw", required=True); s.add_argument("--ecg"); s.add_argument("--out", required=True)
+    s = sub.add_parser("synth", formatter_class=fmt, help="write a synthetic cohort in the raw MIMIC-IV / -ED / -ECG layout")
+    s.add_argument("--out", required=True, help="folder to write (hosp/, ed/, ecg/, truth/); refused if it holds anything else")
+    s.add_argument("--patients", type=int, default=1000, help="patients to simulate")
+    s.add_argument("--seed", type=int, default=0, help="simulation seed")
+    s.add_argument("--coupling", type=float, default=1.0, help="strength of the lab → ECG effects (0: the negative control)")
+    s.add_argument("--faulty-rate", type=float, default=0.01, help="share of records written faulty (NaN, flat lead, truncated .dat)")
+    s.add_argument("--jobs", type=int, default=2, help="worker processes")
+    s.add_argument("--quiet", action="store_true", help="no progress bar"); s.set_defaults(fn=_synth)
+    s = sub.add_parser("prepare", formatter_class=fmt, help="build the prepared dataset (cohort.parquet, signals.npy, manifest.json)")
+    s.add_argument("--source", required=True, choices=["mimic", "mds_ed", "synthetic"], help="layout of --raw")
+    s.add_argument("--raw", required=True, help="raw folder (hosp/, ed/ [, ecg/]) or mds_ed.csv")
+    s.add_argument("--ecg", help="MIMIC-IV-ECG folder (record_list.csv, files/); default: RAW/ecg")
+    s.add_argument("--out", required=True, help="prepared dataset folder: new, empty or an earlier prepared dataset")
     s.add_argument("--min-label-count", type=int, help="keep diagnosis codes with at least this many ECGs (default: scaled MDS-ED rule)")
     s.add_argument("--min-lab-pos", type=int, default=10, help="lab labels need this many positives and negatives in validation and test")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--jobs", type=int, default=2); s.add_argument("--export-mds-ed")
-    s.add_argument("--quiet", action="store_true"); s.set_defaults(fn=_prepare)
-    s = sub.add_parser("run", help="execute a study plan with papermill into reports/<plan>/")
-    s.add_argument("--plan", default="quick"); s.add_argument("--force", action="store_true")
-    s.add_argument("--only", action="append", help="run only this run (repeatable)")
+    s.add_argument("--seed", type=int, default=0, help="fold assignment seed")
+    s.add_argument("--jobs", type=int, default=2, help="worker processes reading records")
+    s.add_argument("--export-mds-ed", help="also write the dataset as an MDS-ED style csv here")
+    s.add_argument("--quiet", action="store_true", help="no progress bar"); s.set_defaults(fn=_prepare)
+    s = sub.add_parser("run", formatter_class=fmt, help="execute a study plan with papermill into reports/<plan>/")
+    s.add_argument("--plan", default="quick", help="a plan name (quick, paper) or a plan .toml file")
+    s.add_argument("--force", action="store_true", help="rerun the selected steps even when they are current")
+    s.add_argument("--only", action="append", help="run only this run, run-seed (method_s0) or step, and what it needs (repeatable)")
     s.set_defaults(fn=_run)
-    s = sub.add_parser("explain", help="diagnoses with lab-abnormality evidence for WFDB records")
-    s.add_argument("records", nargs="+"); s.add_argument("--model", default="quick")
-    s.add_argument("--out"); s.add_argument("--format", choices=["html", "json"], default="json")
+    s = sub.add_parser("explain", formatter_class=fmt, help="diagnoses with lab-abnormality evidence for WFDB records")
+    s.add_argument("records", nargs="+", help="WFDB records (path with or without .hea)")
+    s.add_argument("--model", default="quick", help="a bundle file, a finetune_lab run folder or a plan name (its method model)")
+    s.add_argument("--out", help="json: a .json file or a folder for explain.json; html: a folder, or a .html file for one record")
+    s.add_argument("--format", choices=["html", "json"], default="json", help="output format")
     s.set_defaults(fn=_explain)
     return p
 

@@ -192,6 +192,10 @@ def test_cli_json_html_and_model_resolution(model, tmp_path, capsys):
     assert "data:image/png;base64," in page and "Diagnoses" in page and "lift" in page
     assert "too short" in (tmp_path / "html" / "tiny.html").read_text()
     assert explain_cli([good], str(tmp_path / "nowhere.pt")) == 2
+    # json into a named file, or a folder for explain.json
+    assert explain_cli([good], str(model["bundle"]), out=str(tmp_path / "x.json")) == 0
+    assert (tmp_path / "x.json").is_file() and json.loads((tmp_path / "x.json").read_text())[0]["error"] is None
+    assert explain_cli([good], str(model["bundle"]), out=str(tmp_path / "js")) == 0 and (tmp_path / "js" / "explain.json").is_file()
 
 
 def test_faithfulness_against_a_known_truth(model, tmp_path):
