@@ -23,9 +23,9 @@ log = get_logger("ecg_study.cohort")
 # %% auto #0
 __all__ = ['log', 'RAW_TABLES', 'ECG_TABLE', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN', 'BIOMETRIC_WINDOW_DAYS', 'VITAL_RULES',
            'BIOMETRIC_RULES', 'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT', 'ID_COLUMNS', 'SOURCES',
-           'PREPARED_FILES', 'find_table', 'register_table', 'connect_raw', 'select_samples', 'gem_icd9_to_icd10',
-           'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql', 'build_features',
-           'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels',
+           'SKIPPED_FILE', 'PREPARED_FILES', 'find_table', 'register_table', 'connect_raw', 'select_samples',
+           'gem_icd9_to_icd10', 'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql',
+           'build_features', 'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels',
            'default_min_label_count', 'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns',
            'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'skip_counts', 'source_paths',
            'raw_fingerprint', 'prepare']
@@ -378,13 +378,20 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return [{k: conv(v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in df.to_dict("records")]
 
 # %% ../nbs/03_cohort.ipynb #489c679a
+SKIPPED_FILE = "skipped.csv"
+
 def store_signals(paths: list[str], work: Path, n_jobs: int, progress: bool) -> pd.DataFrame:
+    """Prepare every record into `work/signals_all.npy` (resumably); list the skipped ones, with the reason, in the
+    dataset's `skipped.csv`: data beside the cohort, never printed, since a record's path names its patient."""
     from ecg_study.signals import write_signals, status_paths
     work.mkdir(parents=True, exist_ok=True)
     npy = work / "signals_all.npy"
     if not npy.exists():  # an interrupt right after the store was moved into place: start the store afresh
         for p in status_paths(npy): Path(p).unlink(missing_ok=True)
-    return write_signals(paths, npy, n_jobs=n_jobs, progress=progress, dtype="float32")
+    status = write_signals(paths, npy, n_jobs=n_jobs, progress=progress, dtype="float32")
+    skipped = status[~signal_rows(status)].rename_axis("row").reset_index()[["row", "path", "kind", "reason"]]
+    atomic_write(work.parent / SKIPPED_FILE, lambda p: skipped.to_csv(p, index=False))
+    return status
 
 def _finish_signals(work: Path, keep: np.ndarray, dst: Path):
     src = work / "signals_all.npy"
@@ -455,7 +462,7 @@ def raw_fingerprint(raw: Path, ecg: Path | None) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/03_cohort.ipynb #a4973ff2
-PREPARED_FILES = {"cohort.parquet", "signals.npy", "manifest.json", ".work"}   # all a prepared dataset folder holds
+PREPARED_FILES = {"cohort.parquet", "signals.npy", "manifest.json", SKIPPED_FILE, ".work"}   # all a prepared dataset folder holds
 
 def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_label_count: int | None = None,
             seed: int = 0, n_jobs: int = 2, progress: bool = True, export_mds_ed: Path | None = None,
@@ -504,7 +511,7 @@ def _build(source, raw, ecg, out: Path, params: dict, min_label_count, seed, n_j
     counts["samples"] = len(cohort); counts["patients"] = int(cohort["subject_id"].nunique())
     diag, lab = label_columns(cohort, "diagnoses"), label_columns(cohort, "lababn")
     manifest = {"source": source, "parameters": params, "version": package_version(), "counts": counts,
-                "skipped": extra.pop("skipped"), **extra,
+                "skipped": extra.pop("skipped"), "skipped_list": SKIPPED_FILE, **extra,
                 "folds": {str(k): int(v) for k, v in cohort["fold"].value_counts().sort_index().items()},
                 "labels": {"diagnoses": _prevalences(cohort, diag), "lababn": _prevalences(cohort, lab)},
                 "n_features": len(feature_columns(cohort)), "signals_shape": [len(cohort), N_SAMPLES, len(STUDY_LEADS)],

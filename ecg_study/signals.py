@@ -217,8 +217,7 @@ def write_signals(paths: list, out_npy, n_jobs: int = 2, progress: bool = True,
         for rows, arr, skips in _run_chunks(chunks, paths, dtype, n_jobs):
             signals[rows] = arr
             signals.flush()  # rows reach the file before the status says they are done
-            for row, (kind, msg) in skips.items():
-                log.warning(f"skip row {row} ({kind}): {msg}")
+            for row, (kind, msg) in skips.items():   # no line per record: its path names the patient (the table has it)
                 meta["skips"][str(row)] = [kind, msg]
             status[rows] = OK
             status[list(skips)] = SKIPPED
@@ -227,7 +226,7 @@ def write_signals(paths: list, out_npy, n_jobs: int = 2, progress: bool = True,
     del signals
     table = signal_status(paths, out_npy)
     n = Counter(table.status)
-    log.info(f"{out_npy}: {n['ok']} ok, {n['skipped']} skipped {dict(Counter(table.kind.dropna()))}")
+    log.info(f"{out_npy.name}: {n['ok']} ok, {n['skipped']} skipped {dict(Counter(table.kind.dropna()))} (signal_status lists them)")
     return table
 
 def signal_status(paths: list, out_npy) -> pd.DataFrame:

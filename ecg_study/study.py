@@ -16,10 +16,10 @@ from traitlets import default
 log = get_logger("ecg_study.study")
 
 # %% auto #0
-__all__ = ['log', 'Step', 'code_hash', 'step_key', 'expand_plan', 'PrivacyError', 'notebook_output_text', 'privacy_check',
-           'cohort_identifiers', 'StepResult', 'render_html', 'step_paths', 'IPCKernelManager', 'stage_params',
-           'execute_step', 'read_stamp', 'is_current', 'select_steps', 'schedule', 'timing_table', 'write_index',
-           'run_plan', 'write_metrics', 'stage_runs']
+__all__ = ['log', 'CREDENTIALED', 'Step', 'code_hash', 'step_key', 'expand_plan', 'PrivacyError', 'cell_output_text',
+           'privacy_check', 'withhold_errors', 'cohort_identifiers', 'StepResult', 'render_html', 'step_paths',
+           'IPCKernelManager', 'stage_params', 'execute_step', 'read_stamp', 'is_current', 'select_steps', 'schedule',
+           'timing_table', 'write_index', 'run_plan', 'write_metrics', 'stage_runs']
 
 # %% ../nbs/12_study.ipynb #55383117
 @dataclass
@@ -131,25 +131,42 @@ def expand_plan(plan: dict) -> list[Step]:
 class PrivacyError(RuntimeError):
     "An executed notebook from a credentialed source shows a patient identifier."
 
-def notebook_output_text(nb: dict) -> str:
-    "All text a reader sees in a notebook's outputs (streams, text/plain, text/html, errors)."
+CREDENTIALED = ("mimic", "mds_ed")     # sources whose rows and paths name real patients
+
+def cell_output_text(cell: dict) -> str:
+    "All text a reader sees in one cell's outputs (streams, text/plain, text/html, errors)."
     parts = []
-    for cell in nb.get("cells", []):
-        for out in cell.get("outputs", []):
-            parts.append("".join(out.get("text", "")))
-            for mime in ("text/plain", "text/html", "text/markdown", "application/json"):
-                v = out.get("data", {}).get(mime)
-                if v is not None: parts.append(v if isinstance(v, str) else "".join(v) if isinstance(v, list) else json.dumps(v))
-            parts.append(" ".join(out.get("traceback", [])))
+    for out in cell.get("outputs", []):
+        parts.append("".join(out.get("text", "")))
+        for mime in ("text/plain", "text/html", "text/markdown", "application/json"):
+            v = out.get("data", {}).get(mime)
+            if v is not None: parts.append(v if isinstance(v, str) else "".join(v) if isinstance(v, list) else json.dumps(v))
+        parts.append(" ".join(out.get("traceback", [])))
     return "\n".join(parts)
 
+def _numbers(text: str) -> set[int]:
+    return {int(t) for t in re.findall(r"(?<![\d.])\d{6,10}(?![\d.])", text)}
+
 def privacy_check(nb: dict, identifiers: set[int], where: str = "notebook") -> None:
-    "Raise `PrivacyError` when any of `identifiers` appears as a number in the notebook's outputs."
+    "Raise `PrivacyError` naming the cells whose outputs show any of `identifiers` as a number (never the identifier)."
     if not identifiers: return
-    found = {int(t) for t in re.findall(r"(?<![\d.])\d{6,10}(?![\d.])", notebook_output_text(nb))} & identifiers
-    if found:
-        raise PrivacyError(f"{where}: {len(found)} patient identifier(s) in the outputs (e.g. {sorted(found)[0]}); "
+    cells = [k for k, c in enumerate(nb.get("cells", [])) if _numbers(cell_output_text(c)) & identifiers]
+    if cells:
+        raise PrivacyError(f"{where}: patient identifiers in the outputs of cell(s) {cells}; "
                            "reports from credentialed sources may hold aggregates only")
+
+def withhold_errors(nb: dict) -> list[int]:
+    """Replace the error outputs and stderr of every cell by a one-line note; return the cells touched. For a failed
+    step of a credentialed source whose identifiers are not known (a `prepare` that stopped before its dataset
+    existed): a database or parser error can quote a raw row."""
+    note = {"output_type": "stream", "name": "stdout",
+            "text": "error output withheld: this step reads a credentialed source (the runner's console has the message)\n"}
+    cells = []
+    for k, c in enumerate(nb.get("cells", [])):
+        outs = c.get("outputs", [])
+        keep = [o for o in outs if o.get("output_type") != "error" and o.get("name") != "stderr"]
+        if len(keep) < len(outs): c["outputs"] = keep + [note]; cells.append(k)
+    return cells
 
 # %% ../nbs/12_study.ipynb #647228dd
 def cohort_identifiers(data_dir: Path) -> set[int]:
@@ -204,6 +221,11 @@ class IPCKernelManager(AsyncKernelManager):
     @default("ip")   # unique: steps start kernels side by side, and the default prefix is shared
     def _ip_default(self): return os.path.join(tempfile.gettempdir(), f"ecg-study-kernel-{uuid.uuid4().hex[:12]}")
 
+    async def _async_interrupt_kernel(self):
+        # jupyter_client interrupts every kernel before asking it to shut down; papermill's kernel is idle by then,
+        # and a SIGINT that races a message handler only prints "KeyboardInterrupt caught in kernel" to the console
+        if not self.shutting_down: await super()._async_interrupt_kernel()
+
 # %% ../nbs/12_study.ipynb #7214bc4f
 def stage_params(step: Step, plan_dir: Path, n_threads: int) -> dict:
     "A step's parameters, with the folders and threads the runner sets where its notebook declares them."
@@ -220,18 +242,26 @@ def execute_step(step: Step, plan_dir: Path, identifiers: set[int] | None = None
     tmp, final = run_dir / f".{step.stage}.partial.ipynb", run_dir / f"{step.stage}.ipynb"
     params = stage_params(step, plan_dir, n_threads)
     (run_dir / "metrics.json").unlink(missing_ok=True)   # a stale one would pass a failed rerun off as done
-    t0, error = time.time(), ""
+    t0, error, ename = time.time(), "", ""
     try:
         pm.execute_notebook(str(nb_in), str(tmp), parameters=params, kernel_name="python3",
                             cwd=str(nb_in.parent), progress_bar=False, kernel_manager_class=IPCKernelManager)
     except Exception as e:  # papermill keeps the partially executed notebook with the error
+        ename = getattr(e, "ename", type(e).__name__)      # the cell's exception, for a papermill error
         error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     secs = time.time() - t0
     if tmp.exists():
+        nb = nbformat.read(tmp, as_version=4)
+        # read after the run: a `prepare` step checks against the dataset it has just built
+        ids = _identifiers(step, plan_dir) if identifiers is None else set(identifiers)
+        if error and step.params.get("source") in CREDENTIALED:   # its rows may be quoted, its identifiers unknown
+            log.error("%s failed: %s", step.name, error)            # the console only: not a report
+            cells = withhold_errors(nb); nb = nbformat.from_dict(nb); nbformat.write(nb, tmp)
+            error = f"{ename} in cell(s) {cells} of {final.name} (message on the console: a credentialed source)"
+        elif _numbers(error) & ids:
+            error = f"{ename} in {final.name} (message withheld: it names a patient)"
         try:
-            # read after the run: a `prepare` step checks against the dataset it has just built
-            ids = _identifiers(step, plan_dir) if identifiers is None else set(identifiers)
-            privacy_check(nbformat.read(tmp, as_version=4), ids, where=str(final))
+            privacy_check(nb, ids, where=str(final))
             tmp.replace(final); render_html(final)
         except PrivacyError as e:
             tmp.unlink(); error = str(e)

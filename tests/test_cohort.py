@@ -145,6 +145,14 @@ def test_window_edges_and_counts(prepared):
     assert C not in set(cohort.subject_id)
     assert c["ecgs_with_signal"] == n_rec - 4 == len(cohort) == len(sig)         # D truncated, E missing a lead
     assert sum(m["skipped"].values()) == 2 and {D, E}.isdisjoint(cohort.subject_id)
+    skipped = pd.read_csv(out / m["skipped_list"])      # named in the dataset (data), never printed
+    assert len(skipped) == 2 and all(f"p{s}" in " ".join(skipped.path) for s in (D, E)) and skipped.reason.notna().all()
+
+def test_skipped_records_are_not_printed(tmp_path, caplog):
+    "A skipped record's path names its patient: the log counts skips and never shows the path."
+    raw = build_raw(tmp_path / "raw")
+    with caplog.at_level("INFO"): prepare("synthetic", raw, tmp_path / "ds", min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
+    assert "2 skipped" in caplog.text and f"p{D}" not in caplog.text and str(D) not in caplog.text
 
 def test_vitals_stats_and_outliers(prepared):
     a = row(prepared[3], A, 10)

@@ -169,3 +169,19 @@ def test_privacy_check_covers_the_dataset_a_step_builds(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "STAGES_DIR", tmp_path / "nbs" / "stages")
     res = study.execute_step(study.Step("prepare_mimic", "build", {"cohort": "mimic"}), tmp_path / "reports" / "p")
     assert res.status == "failed" and "patient identifier" in res.error
+
+def test_a_failed_step_of_a_credentialed_source_shows_no_raw_row(tmp_path, monkeypatch):
+    "A `prepare` of MIMIC that fails before its dataset exists: the notebook and the error name the cell, never the row."
+    (tmp_path / "nbs" / "stages").mkdir(parents=True)
+    row = tmp_path / "labevents_row.csv"; row.write_text("10000032,22595853,50912,abc")     # a raw row the error quotes
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("run_dir = '.'\nsource = 'mimic'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(f"print('reading labevents')\nraise ValueError('Could not convert row ' + open({str(row)!r}).read())")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, tmp_path / "nbs" / "stages" / "build.ipynb")
+    monkeypatch.setattr(study, "STAGES_DIR", tmp_path / "nbs" / "stages")
+    plan_dir = tmp_path / "reports" / "p"
+    res = study.execute_step(study.Step("prepare_mimic", "build", {"cohort": "mimic", "source": "mimic"}), plan_dir)
+    assert res.status == "failed" and "10000032" not in res.error and "ValueError in cell(s) [" in res.error
+    saved = (plan_dir / "prepare_mimic" / "build.ipynb").read_text() + (plan_dir / "prepare_mimic" / "build.html").read_text()
+    assert "10000032" not in saved and "reading labevents" in saved and "withheld" in saved
