@@ -43,7 +43,10 @@ def _repeat(tab, n: int):
     return None if tab is None else tuple(t.repeat_interleave(n, 0) for t in tab)
 
 class _Stage(L.LightningModule):
-    "AdamW over all trainable parameters with the S4 parameter groups."
+    """AdamW over all trainable parameters with the S4 parameter groups; with `cfg.lr_decay`, the learning rate falls by
+    that factor whenever the monitored validation figure stalls (`monitor`, `mode`: what model selection reads too)."""
+    monitor, mode = "val_auroc", "max"
+
     def __init__(self, cfg: TrainConfig):
         super().__init__()
         self.cfg = cfg
@@ -51,7 +54,10 @@ class _Stage(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.cfg
-        return torch.optim.AdamW(ssm_parameter_groups(self, lr=c.lr, weight_decay=c.weight_decay, lr_ssm=c.lr_ssm))
+        opt = torch.optim.AdamW(ssm_parameter_groups(self, lr=c.lr, weight_decay=c.weight_decay, lr_ssm=c.lr_ssm))
+        if not c.lr_decay: return opt
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, self.mode, factor=c.lr_decay, patience=c.lr_decay_patience)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": self.monitor}}
 
 # %% ../nbs/10_training.ipynb #a7733e84
 class _Supervised(_Stage):
@@ -100,6 +106,7 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/10_training.ipynb #d9ab047d
 class PretrainModule(_Stage):
     "S4 ECG encoder + tabular encoder + their projectors, trained with a cross-modal objective."
+    monitor, mode = "val_loss", "min"
     def __init__(self, cfg: TrainConfig, ecg: nn.Module, tab: nn.Module, proj_ecg: nn.Module, proj_tab: nn.Module):
         super().__init__(cfg)
         self.ecg, self.tab, self.proj_ecg, self.proj_tab = ecg, tab, proj_ecg, proj_tab
@@ -243,11 +250,10 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, monitor: str, mode: str, n_tra
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch}", monitor=monitor, mode=mode,
                            save_top_k=1, save_last=True)
     stop = [EarlyStopping(monitor, patience=cfg.patience, mode=mode)] if cfg.patience > 0 else []
-    # EMA weights are what validation scores and checkpoints keep: a fit then ends on a smoothed trajectory, not on
-    # the last noisy step, which shrinks the spread between seeds (benchmarks/README.md, Seed variance)
+    # EMA weights are what validation scores and checkpoints keep: a fit ends on a smoothed trajectory
     ema = [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))] if cfg.ema > 0 else []
     return L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-                     precision=resolve_precision(cfg), max_epochs=cfg.epochs, max_time=cfg.max_time,
+                     precision=resolve_precision(cfg), min_epochs=cfg.min_epochs, max_epochs=cfg.epochs, max_time=cfg.max_time,
                      deterministic="warn" if cfg.deterministic else None, logger=CSVLogger(run_dir, name="logs"),
                      callbacks=[ckpt, EpochSync(), *stop, *ema], enable_progress_bar=cfg.enable_progress_bar,
                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir,
@@ -264,11 +270,10 @@ def run_fingerprint(module: L.LightningModule, cfg: TrainConfig, data: dict | No
     for k, v in module.state_dict().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
-def _fit(module: L.LightningModule, dm: PreparedDataModule, cfg: TrainConfig, run_dir: Path, monitor: str,
-         mode: str) -> L.Trainer:
-    "Fit `module` on `dm`, resuming from `checkpoints/last.ckpt` when `cfg.resume` and it belongs to the same run."
+def _fit(module: _Stage, dm: PreparedDataModule, cfg: TrainConfig, run_dir: Path) -> L.Trainer:
+    "Fit `module` on `dm` (selecting on its `monitor`), resuming from `checkpoints/last.ckpt` when `cfg.resume` and it belongs to the same run."
     dm.setup()
-    trainer = make_trainer(cfg, run_dir, monitor, mode, len(dm.train_dataloader()))
+    trainer = make_trainer(cfg, run_dir, module.monitor, module.mode, len(dm.train_dataloader()))
     last, stamp = run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "fingerprint.txt"
     fp = run_fingerprint(module, cfg, dm.checksums)
     if last.exists() and stamp.exists() and stamp.read_text() != fp:
@@ -415,7 +420,7 @@ def pretrain(data_dir, run_dir, cfg: TrainConfig) -> dict:
     run_dir, t0 = open_run(run_dir, cfg, dm)
     module = PretrainModule.build(cfg, dm.n_cont, dm.cat_cardinalities)
     with _quiet():
-        trainer = _fit(module, dm, cfg, run_dir, "val_loss", "min")
+        trainer = _fit(module, dm, cfg, run_dir)
         best = _load_best(module, trainer)
     _save({"stage": "pretrain", "cfg": cfg.to_dict(), "ecg_encoder": module.ecg.state_dict(),
            "tab_encoder": module.tab.state_dict(), "proj_ecg": module.proj_ecg.state_dict(),
@@ -430,7 +435,7 @@ def _supervised(build, dm: PreparedDataModule, run_dir, cfg: TrainConfig, stage:
     run_dir, t0 = open_run(run_dir, cfg, dm)
     module = build(dm)
     with _quiet():
-        trainer = _fit(module, dm, cfg, run_dir, "val_auroc", "max")
+        trainer = _fit(module, dm, cfg, run_dir)
         best = _load_best(module, trainer)
         test = _test_metrics(module, dm, run_dir, cfg)
     labels = dm.labels
