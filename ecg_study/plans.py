@@ -82,7 +82,7 @@ def stage_parameters(stage: str | Path) -> dict[str, str]:
 # %% ../nbs/12a_plans.ipynb #c6b0e18e
 PLAN_KEYS = ("name", "description", "parallel", "cohorts", "defaults", "runs", "claims", "explain", "intervene", "realism", "evaluate")
 RUN_KEYS = {"name": "str", "kind": "str", "seeds": "list", "cohort": "str", "model": "str", "pretrain": "bool",   # the keys of a run itself, with their types
-            "encoder_from": "str", "lab": "bool"}
+            "encoder_from": "str", "lab": "bool", "about": "str"}
 RUNNER_SET = ("cohort", "data_dir", "raw_dir", "run_dir", "plan_dir", "n_threads", "steps", "plan", "models")  # set by the study, not the plan
 
 def _check_keys(where: str, table: dict, types: dict[str, str], extra=()) -> list[str]:

@@ -66,4 +66,5 @@ def plot_crosscorr(C: np.ndarray, ax=None, title: str = "", k: int = 64):
     sns.heatmap(C[:k, :k], vmin=-1, vmax=1, cmap="RdBu_r", ax=ax, xticklabels=False, yticklabels=False, square=True)
     diag = np.diag(C).mean(); off = np.abs(C - np.diag(np.diag(C))).sum() / (C.size - len(C))
     ax.set_title(f"{title}\nmean diag {diag:.2f}, mean |off-diag| {off:.2f}", fontsize=8)
+    ax.set_xlabel("tabular projection dimension", fontsize=8); ax.set_ylabel("ECG projection dimension", fontsize=8)
     return ax

@@ -9,17 +9,17 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from .core import get_logger
-from .plans import PACKAGE_DIR, RUN_KEYS, STAGES_DIR, load_plan, run_seeds, run_tag, stage_parameters
+from .plans import PACKAGE_DIR, RUN_KEYS, STAGES_DIR, load_plan, plan_path, run_seeds, run_tag, stage_parameters
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
 log = get_logger("ecg_study.study")
 
 # %% auto #0
-__all__ = ['log', 'CREDENTIALED', 'Step', 'code_hash', 'step_key', 'expand_plan', 'PrivacyError', 'cell_output_text',
-           'privacy_check', 'withhold_errors', 'cohort_identifiers', 'StepResult', 'render_html', 'step_paths',
-           'IPCKernelManager', 'stage_params', 'execute_step', 'read_stamp', 'is_current', 'select_steps', 'schedule',
-           'timing_table', 'write_index', 'run_plan', 'write_metrics', 'stage_runs']
+__all__ = ['log', 'CREDENTIALED', 'VERSIONS', 'MODEL_KEYS', 'Step', 'code_hash', 'step_key', 'expand_plan', 'PrivacyError',
+           'cell_output_text', 'privacy_check', 'withhold_errors', 'cohort_identifiers', 'StepResult', 'render_html',
+           'step_paths', 'IPCKernelManager', 'stage_params', 'execute_step', 'read_stamp', 'is_current', 'select_steps',
+           'schedule', 'timing_table', 'about_html', 'write_index', 'run_plan', 'write_metrics', 'stage_runs']
 
 # %% ../nbs/12_study.ipynb #55383117
 @dataclass
@@ -372,17 +372,66 @@ def schedule(steps: list[Step], plan_dir: Path, force: bool = False, only: list[
                      res.status, s.name, res.seconds, res.error)
     return [done[s.name] for s in steps]
 
-# %% ../nbs/12_study.ipynb #f3131719
-def timing_table(results: list[StepResult]) -> str:
-    "Seconds per stage and per run group, as a fixed-width text table."
+# %% ../nbs/12_study.ipynb #2925fbb9
+def timing_table(results: list[StepResult], parallel: int = 1) -> str:
+    "Step seconds per stage of the steps that ran, as a fixed-width text table (they add up to about `parallel` × the wall time)."
     import pandas as pd
     df = pd.DataFrame([r.__dict__ for r in results])
     ran = df[df.status.isin(["ok", "failed"])]
-    by = ran.groupby("stage", sort=False).seconds.agg(["count", "sum"]).rename(columns={"count": "steps", "sum": "seconds"})
-    by.loc["total"] = [by.steps.sum(), by.seconds.sum()]
-    return by.round(1).to_string()
+    if ran.empty: return "every step was current: nothing ran"
+    by = ran.groupby("stage", sort=False).seconds.agg(["count", "sum"]).rename(columns={"count": "steps", "sum": "step seconds"})
+    by.loc["total"] = [by.steps.sum(), by["step seconds"].sum()]
+    note = f"\n(steps run {parallel} at a time: step seconds add up to about {parallel} × the wall time)" if parallel > 1 else ""
+    return by.round(1).to_string() + note
 
-def write_index(plan_dir: Path, plan: dict, results: list[StepResult]) -> Path:
+# %% ../nbs/12_study.ipynb #64ffaa68
+VERSIONS = ("ecg_study", "torch", "lightning", "numpy", "pandas", "scikit-learn", "wfdb", "neurokit2", "duckdb", "papermill")
+MODEL_KEYS = ("d_model", "n_layers", "d_state", "projector_dims", "lambd", "batch_size", "pretrain_batch_size", "epochs",
+              "patience", "min_epochs", "lr", "lr_decay", "freeze_depth", "crossfit")
+
+def _commit() -> str:
+    import subprocess
+    try: return subprocess.run(["git", "-C", str(PACKAGE_DIR.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
+                               text=True, timeout=10).stdout.strip() or "not a git checkout"
+    except (OSError, subprocess.SubprocessError): return "git not found"
+
+def about_html(plan_dir: Path, plan: dict, plan_file: Path | None = None) -> str:
+    "What was run, as HTML: plan file, date, commit and versions; each cohort's size; the model and training settings; the runs."
+    import html
+    from importlib.metadata import PackageNotFoundError, version
+    def ver(p):
+        try: return version(p)
+        except PackageNotFoundError: return "—"
+    cohorts = []
+    for name in plan.get("cohorts", {}):
+        m = plan_dir / f"prepare_{name}" / "metrics.json"
+        man = Path(json.loads(m.read_text()).get("data_dir", "")) / "manifest.json" if m.exists() else None
+        c = json.loads(man.read_text()) if man and man.exists() else {}
+        n, lab = c.get("counts", {}), c.get("labels", {})
+        size = (f"{n.get('samples')} ECGs of {n.get('patients')} patients, {len(lab.get('diagnoses', {}))} diagnosis and "
+                f"{len(lab.get('lababn', {}))} lab labels" if c else "not prepared in this report")
+        cohorts.append(f"<li><code>{name}</code> ({plan['cohorts'][name].get('source', '?')}): {size}</li>")
+    d = plan.get("defaults", {})
+    model = ", ".join(f"{k} {d[k]}" for k in MODEL_KEYS if k in d)
+    runs = "".join(f"<tr><td><code>{r['name']}</code></td><td>{r['kind']}</td><td>{r.get('cohort', 'synthetic')}</td>"
+                   f"<td>{', '.join(map(str, r.get('seeds', d.get('seeds', [0]))))}</td><td>{html.escape(r.get('about', ''))}</td></tr>"
+                   for r in plan.get("runs", []))
+    versions = ", ".join(f"{p} {ver(p)}" for p in VERSIONS)
+    return (f"<h2>What was run</h2><p>Plan file <code>{html.escape(str(plan_file or plan['name']))}</code>; written "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit <code>{_commit()}</code>.<br>{versions}.</p>"
+            f"<ul>{''.join(cohorts)}</ul><p>Model and training (plan defaults; a run may override): {html.escape(model)}.</p>"
+            f"<table><tr><th>run</th><th>kind</th><th>cohort</th><th>seeds</th><th>what it is</th></tr>{runs}</table>")
+
+# %% ../nbs/12_study.ipynb #3af7944e
+def _step_links(plan_dir: Path, r: StepResult) -> str:
+    "Links to what a step left: its notebook, configuration, metrics and Lightning logs (part 0)."
+    d, links = plan_dir / r.name, []
+    for label, rel in (("config", "config.json"), ("metrics", "metrics.json"), ("logs", "part0/logs/version_0/metrics.csv"),
+                       ("logs", "logs/version_0/metrics.csv")):
+        if (d / rel).exists() and label not in [l for l, _ in links]: links.append((label, rel))
+    return " · ".join(f'<a href="{r.name}/{rel}">{label}</a>' for label, rel in links)
+
+def write_index(plan_dir: Path, plan: dict, results: list[StepResult], plan_file: Path | None = None) -> Path:
     "Write `index.html` (+ copy the evaluate stage's results) for a plan's report folder."
     import html
     ev = plan_dir / "evaluate"
@@ -393,20 +442,24 @@ def write_index(plan_dir: Path, plan: dict, results: list[StepResult]) -> Path:
         nb = plan_dir / r.name / f"{r.stage}.html"
         link = f'<a href="{r.name}/{r.stage}.html">{r.name}</a>' if nb.exists() else html.escape(r.name)
         rows.append(f"<tr class='{r.status}'><td>{link}</td><td>{r.stage}</td><td>{r.status}</td>"
-                    f"<td>{r.seconds:.0f}</td><td>{html.escape(r.error)}</td></tr>")
+                    f"<td>{r.seconds:.0f}</td><td>{_step_links(plan_dir, r)}</td><td>{html.escape(r.error)}</td></tr>")
     import mistune   # comes with nbconvert
     res = mistune.create_markdown(plugins=["table"])((plan_dir / "results.md").read_text()) + \
         '<p>Long-form: <a href="claims.csv">claims.csv</a> · <a href="results.csv">results.csv</a> · ' \
         '<a href="oracle.csv">oracle.csv</a> · <a href="convergence.csv">convergence.csv</a></p>' \
         if (plan_dir / "results.md").exists() else "<p>No results yet (the evaluate stage did not finish).</p>"
-    figs = "".join(f'<figure><img src="figures/{p.name}" width="640"><figcaption>{p.stem}</figcaption></figure>'
+    cap_file = plan_dir / "figures" / "captions.json"
+    caps = json.loads(cap_file.read_text()) if cap_file.exists() else {}
+    fmt = lambda p: " · ".join(f'<a href="figures/{p.stem}.{e}">{e.upper()}</a>' for e in ("svg", "pdf") if p.with_suffix(f".{e}").exists())
+    figs = "".join(f'<figure><img src="figures/{p.name}" width="720"><figcaption><b>{p.stem}</b>: '
+                   f'{html.escape(caps.get(p.stem, ""))} {fmt(p)}</figcaption></figure>'
                    for p in sorted((plan_dir / "figures").glob("*.png")))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ecg_study · {plan['name']}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}}
-tr.failed,tr.blocked{{background:#fdd}} tr.skipped{{color:#777}} table{{border-collapse:collapse}}</style></head>
+tr.failed,tr.blocked{{background:#fdd}} tr.skipped{{color:#777}} table{{border-collapse:collapse}} figcaption{{font-size:90%;margin-bottom:1.5em}}</style></head>
 <body><h1>ecg_study — plan <code>{plan['name']}</code></h1><p>{html.escape(plan.get('description', ''))}</p>
-{res}<h2>Figures</h2>{figs or '<p>none</p>'}
-<h2>Runs</h2><table><tr><th>step</th><th>stage</th><th>status</th><th>s</th><th>error</th></tr>{''.join(rows)}</table>
+{res}{about_html(plan_dir, plan, plan_file)}<h2>Figures</h2>{figs or '<p>none</p>'}
+<h2>Steps</h2><table><tr><th>step</th><th>stage</th><th>status</th><th>s</th><th>outputs</th><th>error</th></tr>{''.join(rows)}</table>
 </body></html>"""
     out = plan_dir / "index.html"; out.write_text(page, encoding="utf-8")
     return out
@@ -426,8 +479,8 @@ def run_plan(plan: str | Path = "quick", force: bool = False, only: list[str] | 
     os.environ.pop("MPLBACKEND", None)   # the stage kernels draw inline: Agg would leave every notebook without its plots
     t0 = time.time()
     results = schedule(steps, plan_dir, force=force, only=only, parallel=parallel, n_threads=n_threads)
-    write_index(plan_dir, spec, results)
-    print(f"\nTime per stage (plan {spec['name']}, wall {time.time() - t0:.0f} s):\n{timing_table(results)}")
+    write_index(plan_dir, spec, results, plan_path(plan))
+    print(f"\nTime per stage (plan {spec['name']}, wall {time.time() - t0:.0f} s):\n{timing_table(results, parallel)}")
     bad = [r for r in results if r.status in ("failed", "blocked")]
     for r in bad: print(f"  {r.status.upper():8s} {r.name}: {r.error}")
     print(f"\nReport: {plan_dir / 'index.html'}")
