@@ -70,6 +70,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'ecg_study.cohort.normalise_icd10_sql': ('cohort.html#normalise_icd10_sql', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.package_version': ('cohort.html#package_version', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.prepare': ('cohort.html#prepare', 'ecg_study/cohort.py'),
+                                  'ecg_study.cohort.quality_counts': ('cohort.html#quality_counts', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.race_group_sql': ('cohort.html#race_group_sql', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.raw_fingerprint': ('cohort.html#raw_fingerprint', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.read_prepared': ('cohort.html#read_prepared', 'ecg_study/cohort.py'),

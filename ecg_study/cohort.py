@@ -21,14 +21,14 @@ from .core import (ETHNICITIES, LABS, STATS, VITALS, N_SAMPLES, STUDY_LEADS, TAB
 log = get_logger("ecg_study.cohort")
 
 # %% auto #0
-__all__ = ['log', 'RAW_TABLES', 'ECG_TABLE', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN', 'BIOMETRIC_WINDOW_DAYS', 'VITAL_RULES',
-           'BIOMETRIC_RULES', 'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT', 'ID_COLUMNS', 'SOURCES',
-           'SKIPPED_FILE', 'PREPARED_FILES', 'find_table', 'register_table', 'connect_raw', 'select_samples',
-           'gem_icd9_to_icd10', 'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql',
-           'build_features', 'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels',
-           'default_min_label_count', 'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns',
-           'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'skip_counts', 'source_paths',
-           'raw_fingerprint', 'prepare']
+__all__ = ['log', 'RAW_TABLES', 'ECG_TABLE', 'QUALITY_RULES', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN', 'BIOMETRIC_WINDOW_DAYS',
+           'VITAL_RULES', 'BIOMETRIC_RULES', 'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT', 'ID_COLUMNS',
+           'SOURCES', 'SKIPPED_FILE', 'PREPARED_FILES', 'quality_counts', 'find_table', 'register_table', 'connect_raw',
+           'select_samples', 'gem_icd9_to_icd10', 'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats',
+           'race_group_sql', 'build_features', 'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels',
+           'filter_lab_labels', 'default_min_label_count', 'diagnosis_matrix', 'package_version', 'sha256_file',
+           'label_columns', 'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'skip_counts',
+           'source_paths', 'raw_fingerprint', 'prepare']
 
 # %% ../nbs/03_cohort.ipynb #8d82979f
 RAW_TABLES = {  # view name -> (relative path without .csv[.gz], {column: SQL type})
@@ -50,6 +50,33 @@ RAW_TABLES = {  # view name -> (relative path without .csv[.gz], {column: SQL ty
 }
 ECG_TABLE = ("record_list", {"subject_id": "BIGINT", "study_id": "BIGINT", "file_name": "VARCHAR",
                              "ecg_time": "TIMESTAMP", "path": "VARCHAR"})
+
+# %% ../nbs/03_cohort.ipynb #8175d1ed
+# Values no source should hold: each rule keeps a row out, or blanks a value, and is counted in the manifest
+# ("quality"). Timestamps that do not parse are NULL already (TRY_CAST); they are counted where a row then drops out.
+_DUP = "study_id IN (SELECT study_id FROM raw_record_list WHERE study_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1)"
+QUALITY_RULES = {
+    "record_list": {"keep": f"NOT ({_DUP})",         # two rows of one study: which waveform is it? neither
+                    "count": {"record_list_duplicate_study_id": _DUP, "record_list_ecg_time_missing": "ecg_time IS NULL"}},
+    "edstays": {"count": {"edstays_intime_missing": "intime IS NULL"}},
+    "vitalsign": {"count": {"vitalsign_charttime_missing": "charttime IS NULL"}},
+    "patients": {"set": {"anchor_age": "CASE WHEN anchor_age BETWEEN 0 AND 120 THEN anchor_age END"},
+                 "count": {"patients_age_outside_0_120": "NOT anchor_age BETWEEN 0 AND 120"}},
+    "labevents": {"set": {"valuenum": "CASE WHEN valuenum >= 0 THEN valuenum END",      # no lab of the study is negative
+                          "ref_range_lower": "CASE WHEN ref_range_lower <= ref_range_upper OR ref_range_upper IS NULL THEN ref_range_lower END",
+                          "ref_range_upper": "CASE WHEN ref_range_lower <= ref_range_upper OR ref_range_lower IS NULL THEN ref_range_upper END"},
+                  "count": {"labevents_negative_value": "valuenum < 0", "labevents_reference_low_above_high": "ref_range_lower > ref_range_upper",
+                            "labevents_charttime_missing": "charttime IS NULL"}},
+}
+
+def quality_counts(con) -> dict[str, int]:
+    "Rows each quality rule caught, one scan per table (`raw_<table>` views of `connect_raw`)."
+    out = {}
+    for name, rule in QUALITY_RULES.items():
+        conds = rule["count"]
+        row = con.execute(f"SELECT {', '.join(f'count(*) FILTER (WHERE {c})' for c in conds.values())} FROM raw_{name}").fetchall()[0]
+        out.update({k: int(v) for k, v in zip(conds, row)})
+    return out
 
 # %% ../nbs/03_cohort.ipynb #144a4a52
 def find_table(folder: Path, stem: str) -> Path:
@@ -82,9 +109,15 @@ def connect_raw(raw: Path, ecg: Path, memory_limit: str = "4GB", temp_dir: Path 
     con.sql(f"SET memory_limit='{memory_limit}'")
     if temp_dir is not None: con.sql(f"SET temp_directory='{temp_dir}'")
     con.sql("SET preserve_insertion_order=false")
-    for name, (stem, cols) in RAW_TABLES.items():
-        register_table(con, name, find_table(raw, stem), cols)
-    register_table(con, ECG_TABLE[0], find_table(ecg, ECG_TABLE[0]), ECG_TABLE[1])
+    tables = {name: (find_table(raw, stem), cols) for name, (stem, cols) in RAW_TABLES.items()}
+    tables[ECG_TABLE[0]] = (find_table(ecg, ECG_TABLE[0]), ECG_TABLE[1])
+    for name, (path, cols) in tables.items():
+        if name not in QUALITY_RULES: register_table(con, name, path, cols); continue
+        register_table(con, f"raw_{name}", path, cols)       # the typed table; the view of its name applies the rules
+        rule = QUALITY_RULES[name]
+        exprs = {c: rule.get("set", {}).get(c, f'"{c}"') for c in cols}
+        select = ", ".join(f'{e} AS "{c}"' for c, e in exprs.items())
+        con.sql(f"CREATE OR REPLACE VIEW {name} AS SELECT {select} FROM raw_{name} WHERE {rule.get('keep', 'true')}")
     return con
 
 # %% ../nbs/03_cohort.ipynb #a028e964
@@ -412,7 +445,8 @@ def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_job
                    memory_limit, synthetic: bool = False) -> tuple[pd.DataFrame, dict, dict, np.ndarray]:
     work = out / ".work"; (work / "duckdb_tmp").mkdir(parents=True, exist_ok=True)
     con = connect_raw(raw, ecg, memory_limit, work / "duckdb_tmp")
-    counts = {"ecgs_seen": con.execute("SELECT count(*) FROM record_list").fetchall()[0][0]}
+    counts = {"ecgs_seen": con.execute("SELECT count(*) FROM raw_record_list").fetchall()[0][0]}
+    quality = quality_counts(con)
     select_samples(con)
     counts["ecgs_in_window"] = con.execute("SELECT count(*) FROM samples").fetchall()[0][0]
     counts.update(build_diagnoses(con, gem_icd9_to_icd10()))
@@ -436,7 +470,8 @@ def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_job
     lab = lab_abnormality_labels(closest_lab_values(con).reindex(study_ids), thresholds)
     lab = filter_lab_labels(lab, ids["fold"].to_numpy(), min_lab_pos, per_fold=not synthetic)
     cohort = pd.concat([ids, feats.reset_index(drop=True), diag.reset_index(drop=True), lab.reset_index(drop=True)], axis=1)
-    extra = {"min_label_count_used": mlc, "skipped": skip_counts(status), "lab_thresholds": _records(thresholds.reset_index())}
+    extra = {"min_label_count_used": mlc, "skipped": skip_counts(status), "quality": quality,
+             "lab_thresholds": _records(thresholds.reset_index())}
     con.close()
     return cohort, counts, extra, keep
 

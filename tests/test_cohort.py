@@ -352,3 +352,28 @@ def test_a_re_downloaded_record_changes_the_fingerprint(tmp_path):
     rec = next((raw / "ecg" / "files").rglob("*.dat"))
     os.utime(rec, ns=(rec.stat().st_atime_ns, rec.stat().st_mtime_ns + 10**9))
     assert raw_fingerprint(*source_paths("synthetic", raw)) != fp
+
+def test_quality_rules_drop_or_blank_and_count(tmp_path):
+    "Values no source should hold are kept out and counted in the manifest, never passed on silently."
+    raw = build_raw(tmp_path / "raw")
+    f0, f1, f2, f3 = FILLERS[:4]
+    le = pd.read_csv(raw / "hosp" / "labevents.csv.gz")
+    bad = le[le.subject_id == f0].iloc[:1].copy()
+    le = pd.concat([le, bad.assign(valuenum=-4.0, value="-4.0", charttime=t(5)),                # negative potassium
+                    bad.assign(ref_range_lower=6.0, ref_range_upper=3.0)])                     # low above high
+    gz(le, raw / "hosp" / "labevents.csv.gz")
+    pa = pd.read_csv(raw / "hosp" / "patients.csv.gz"); pa.loc[pa.subject_id == f1, "anchor_age"] = 130; gz(pa, raw / "hosp" / "patients.csv.gz")
+    rl = pd.read_csv(raw / "ecg" / "record_list.csv")
+    rl = pd.concat([rl, rl[rl.subject_id == f2].assign(path="files/p9999/p9999/s1/1")])          # one study, two waveforms
+    rl.to_csv(raw / "ecg" / "record_list.csv", index=False)
+    st = pd.read_csv(raw / "ed" / "edstays.csv.gz"); st.loc[st.subject_id == f3, "intime"] = "soon"; gz(st, raw / "ed" / "edstays.csv.gz")
+    vs = pd.read_csv(raw / "ed" / "vitalsign.csv.gz"); vs.loc[vs.index[0], "charttime"] = "25:99"; gz(vs, raw / "ed" / "vitalsign.csv.gz")
+    m = prepare("synthetic", raw, tmp_path / "ds", min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
+    q, cohort = m["quality"], read_prepared(tmp_path / "ds")[0]
+    assert q["labevents_negative_value"] == 1 and q["labevents_reference_low_above_high"] == 1
+    assert q["patients_age_outside_0_120"] == 1 and cohort.loc[cohort.subject_id == f1, "demographics_age"].isna().all()
+    assert q["record_list_duplicate_study_id"] == 2 and f2 not in set(cohort.subject_id)
+    assert q["edstays_intime_missing"] == 1 and f3 not in set(cohort.subject_id)
+    assert q["vitalsign_charttime_missing"] == 1 and q["record_list_ecg_time_missing"] == 0
+    labs = cohort[[c for c in cohort if "potassium" in c and not c.startswith("lababn_")]]
+    assert len(labs.columns) and (labs.fillna(0) >= 0).all().all()
