@@ -58,10 +58,6 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-3
     lr_ssm: float = 1e-3
-    ema: float = 0.0                    # decay of an exponential moving average of the weights, validated and kept (0: off)
-    lr_decay: float = 0.0               # factor on the learning rate when validation stalls (0: constant rate)
-    lr_decay_patience: int = 1          # epochs without validation gain before the rate falls
-    min_epochs: int = 0                 # early stopping cannot end a fit before this many epochs
     crop: int = CROP
     # gradient-boosted trees baseline
     trees_max_iter: int = 30

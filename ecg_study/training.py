@@ -11,8 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import lightning as L
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightAveraging
-from torch.optim.swa_utils import get_ema_multi_avg_fn
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from .core import get_logger
@@ -43,8 +42,7 @@ def _repeat(tab, n: int):
     return None if tab is None else tuple(t.repeat_interleave(n, 0) for t in tab)
 
 class _Stage(L.LightningModule):
-    """AdamW over all trainable parameters with the S4 parameter groups; with `cfg.lr_decay`, the learning rate falls by
-    that factor whenever the monitored validation figure stalls (`monitor`, `mode`: what model selection reads too)."""
+    "AdamW over all trainable parameters with the S4 parameter groups; `monitor` and `mode`: the figure a fit is selected on."
     monitor, mode = "val_auroc", "max"
 
     def __init__(self, cfg: TrainConfig):
@@ -54,10 +52,7 @@ class _Stage(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.cfg
-        opt = torch.optim.AdamW(ssm_parameter_groups(self, lr=c.lr, weight_decay=c.weight_decay, lr_ssm=c.lr_ssm))
-        if not c.lr_decay: return opt
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, self.mode, factor=c.lr_decay, patience=c.lr_decay_patience)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": self.monitor}}
+        return torch.optim.AdamW(ssm_parameter_groups(self, lr=c.lr, weight_decay=c.weight_decay, lr_ssm=c.lr_ssm))
 
 # %% ../nbs/10_training.ipynb #a7733e84
 class _Supervised(_Stage):
@@ -250,12 +245,10 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, monitor: str, mode: str, n_tra
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch}", monitor=monitor, mode=mode,
                            save_top_k=1, save_last=True)
     stop = [EarlyStopping(monitor, patience=cfg.patience, mode=mode)] if cfg.patience > 0 else []
-    # EMA weights are what validation scores and checkpoints keep: a fit ends on a smoothed trajectory
-    ema = [WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))] if cfg.ema > 0 else []
     return L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-                     precision=resolve_precision(cfg), min_epochs=cfg.min_epochs, max_epochs=cfg.epochs, max_time=cfg.max_time,
+                     precision=resolve_precision(cfg), max_epochs=cfg.epochs, max_time=cfg.max_time,
                      deterministic="warn" if cfg.deterministic else None, logger=CSVLogger(run_dir, name="logs"),
-                     callbacks=[ckpt, EpochSync(), *stop, *ema], enable_progress_bar=cfg.enable_progress_bar,
+                     callbacks=[ckpt, EpochSync(), *stop], enable_progress_bar=cfg.enable_progress_bar,
                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir,
                      log_every_n_steps=max(1, min(50, n_train_batches)), limit_train_batches=cfg.limit_train_batches)
 
