@@ -363,6 +363,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ecg_study.study._write_stamp': ('study.html#_write_stamp', 'ecg_study/study.py'),
                                  'ecg_study.study.about_html': ('study.html#about_html', 'ecg_study/study.py'),
                                  'ecg_study.study.cell_output_text': ('study.html#cell_output_text', 'ecg_study/study.py'),
+                                 'ecg_study.study.claims_summary': ('study.html#claims_summary', 'ecg_study/study.py'),
                                  'ecg_study.study.code_hash': ('study.html#code_hash', 'ecg_study/study.py'),
                                  'ecg_study.study.cohort_identifiers': ('study.html#cohort_identifiers', 'ecg_study/study.py'),
                                  'ecg_study.study.execute_step': ('study.html#execute_step', 'ecg_study/study.py'),

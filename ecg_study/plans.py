@@ -171,6 +171,8 @@ def load_plan(plan: str | Path, env=None) -> dict:
     try: spec = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e: raise PlanError(f"{p}: not valid TOML: {e}") from e
     except UnicodeDecodeError as e: raise PlanError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    spec.setdefault("name", p.stem)
+    if spec.get("name", p.stem) != p.stem:    # reports/<file stem>: a copied plan never writes over another plan's reports
+        print(f"{p}: says name = {spec['name']!r}; the plan is called {p.stem!r} after its file", file=sys.stderr)
+    spec["name"] = p.stem
     validate_plan(spec, p, env)
     return spec

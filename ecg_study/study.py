@@ -19,7 +19,8 @@ log = get_logger("ecg_study.study")
 __all__ = ['log', 'CREDENTIALED', 'VERSIONS', 'MODEL_KEYS', 'Step', 'code_hash', 'step_key', 'expand_plan', 'PrivacyError',
            'cell_output_text', 'privacy_check', 'withhold_errors', 'cohort_identifiers', 'StepResult', 'render_html',
            'step_paths', 'IPCKernelManager', 'stage_params', 'execute_step', 'read_stamp', 'is_current', 'select_steps',
-           'schedule', 'timing_table', 'about_html', 'write_index', 'run_plan', 'write_metrics', 'stage_runs']
+           'schedule', 'timing_table', 'claims_summary', 'about_html', 'write_index', 'run_plan', 'write_metrics',
+           'stage_runs']
 
 # %% ../nbs/12_study.ipynb #55383117
 @dataclass
@@ -385,6 +386,15 @@ def timing_table(results: list[StepResult], parallel: int = 1) -> str:
     return by.round(1).to_string() + note
 
 # %% ../nbs/12_study.ipynb #64ffaa68
+def claims_summary(plan_dir: Path) -> str:
+    "The headline: one line per claim of `claims.csv` (estimate, 95 % interval, MDE, verdict), for the console."
+    import pandas as pd
+    p = plan_dir / "claims.csv"
+    if not p.exists(): return "\nNo claims.csv (the evaluate stage did not finish)."
+    lines = [f"  {r.claim:4s} {r.verdict:13s} {r.estimate:+.3f} ({r.ci_low:+.3f} to {r.ci_high:+.3f}), MDE {r.mde:.3f}  {r.statement}"
+             if pd.notna(r.estimate) else f"  {r.claim:4s} {r.verdict:13s} {r.statement}" for r in pd.read_csv(p).itertuples()]
+    return "\nClaims:\n" + "\n".join(lines)
+
 VERSIONS = ("ecg_study", "torch", "lightning", "numpy", "pandas", "scikit-learn", "wfdb", "neurokit2", "duckdb", "papermill")
 MODEL_KEYS = ("d_model", "n_layers", "d_state", "projector_dims", "lambd", "batch_size", "pretrain_batch_size", "epochs",
               "patience", "min_epochs", "lr", "lr_decay", "freeze_depth", "crossfit")
@@ -417,7 +427,7 @@ def about_html(plan_dir: Path, plan: dict, plan_file: Path | None = None) -> str
                    f"<td>{', '.join(map(str, r.get('seeds', d.get('seeds', [0]))))}</td><td>{html.escape(r.get('about', ''))}</td></tr>"
                    for r in plan.get("runs", []))
     versions = ", ".join(f"{p} {ver(p)}" for p in VERSIONS)
-    return (f"<h2>What was run</h2><p>Plan file <code>{html.escape(str(plan_file or plan['name']))}</code>; written "
+    return (f"<h2>What was run</h2><p>Plan file <code>{html.escape(str(plan_file or plan['name']))}</code> (copied as <a href=\"plan.toml\">plan.toml</a>); written "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit <code>{_commit()}</code>.<br>{versions}.</p>"
             f"<ul>{''.join(cohorts)}</ul><p>Model and training (plan defaults; a run may override): {html.escape(model)}.</p>"
             f"<table><tr><th>run</th><th>kind</th><th>cohort</th><th>seeds</th><th>what it is</th></tr>{runs}</table>")
@@ -479,11 +489,13 @@ def run_plan(plan: str | Path = "quick", force: bool = False, only: list[str] | 
     os.environ.pop("MPLBACKEND", None)   # the stage kernels draw inline: Agg would leave every notebook without its plots
     t0 = time.time()
     results = schedule(steps, plan_dir, force=force, only=only, parallel=parallel, n_threads=n_threads)
+    shutil.copy(plan_path(plan), plan_dir / "plan.toml")     # the plan as run, beside its report
     write_index(plan_dir, spec, results, plan_path(plan))
     print(f"\nTime per stage (plan {spec['name']}, wall {time.time() - t0:.0f} s):\n{timing_table(results, parallel)}")
+    print(claims_summary(plan_dir))
     bad = [r for r in results if r.status in ("failed", "blocked")]
     for r in bad: print(f"  {r.status.upper():8s} {r.name}: {r.error}")
-    print(f"\nReport: {plan_dir / 'index.html'}")
+    print(f"\nReport: {plan_dir / 'index.html'} (claims: {plan_dir / 'claims.csv'})")
     return 1 if bad else 0
 
 # %% ../nbs/12_study.ipynb #539e1749
