@@ -8,14 +8,16 @@ export MPLBACKEND := Agg
 # Without them the real-data tests skip and the realism stage reports that it found no PTB-XL sample.
 export ECG_STUDY_SAMPLES ?= $(abspath $(CURDIR)/..)/shared
 
-.PHONY: study test sync-check venv clean
+.PHONY: study test sync-check venv clean lock
 
-$(VENV_OK): pyproject.toml
+$(VENV_OK): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# then every other package at the exact version of requirements.lock, and this package itself
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e '.[dev]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(VENV_OK)
 
@@ -36,3 +38,9 @@ test: sync-check
 
 clean:
 	rm -rf reports/quick data/synthetic data/processed
+
+# after changing the dependencies in pyproject.toml: resolve them afresh and write the exact versions
+lock:
+	rm -rf .venv-lock && python3 -m venv .venv-lock && .venv-lock/bin/pip install -q torch==2.13.0 && .venv-lock/bin/pip install -q '.[dev]'
+	(head -2 requirements.lock; .venv-lock/bin/pip freeze --exclude-editable | grep -v -e '^torch==' -e '^ecg.study') > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .venv-lock

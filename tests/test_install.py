@@ -32,3 +32,18 @@ def test_installed_package_runs_a_plan(tmp_path):
         assert json.loads((work / "reports" / "micro" / step / "stamp.json").read_text())["status"] == "ok", step
     assert (work / "data" / "processed" / "micro_synthetic" / "manifest.json").exists()
     assert (work / "reports" / "micro" / "index.html").exists()
+
+def test_the_lock_pins_every_dependency():
+    "requirements.lock holds one exact version of every dependency of pyproject.toml (but torch), inside its range."
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    root = Path(__file__).resolve().parents[1]
+    pins = [l.split("==") for l in (root / "requirements.lock").read_text().splitlines() if l and not l.startswith("#")]
+    lock = {canonicalize_name(n): v for n, v in pins}
+    assert len(lock) == len(pins) and "torch" not in lock
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    for dep in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        r = Requirement(dep)
+        if r.name == "torch": continue
+        assert canonicalize_name(r.name) in lock and r.specifier.contains(lock[canonicalize_name(r.name)]), dep
