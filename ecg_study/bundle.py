@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 from .core import CLIP_MV, CROP, FS, N_SAMPLES, STUDY_LEADS, atomic_write, get_logger
-from .datasets import DX_PREFIX, LAB_PREFIX, eval_windows, load_prepared, split_indices
+from .datasets import DX_PREFIX, LAB_PREFIX, eval_windows, label_matrix, load_prepared, split_indices
+from .claims import column_groups
+from .metrics import icd10_title
 from .evidence import MIN_COOCCUR, PRIOR, RANKS, cooccurrence, evidence_order, lift_table, operating_points
 from .models import MLPHead, over_windows
 from .run_config import TrainConfig, load_checkpoint, load_predictions, make_ecg_encoder
@@ -32,15 +34,15 @@ def preprocessing_params(n_windows: int = N_SAMPLES // CROP) -> dict:
             "clip_mv": CLIP_MV, "min_seconds": MIN_SECONDS}
 
 def icd_titles(raw_dir, codes: list[str]) -> dict[str, str]:
-    "ICD-10 titles of `codes` from a raw source folder (hosp/d_icd_diagnoses, else ed/diagnosis); {} if neither exists."
+    """ICD-10 titles of `codes`: the raw source's own (hosp/d_icd_diagnoses, else ed/diagnosis), else the CMS ICD-10-CM
+    table (`metrics.icd10_title`, which describes a category by the codes under it)."""
     titles, raw = {}, Path(raw_dir) if raw_dir else None
-    if raw is None: return titles
-    for path, col in ((raw / "hosp" / "d_icd_diagnoses.csv.gz", "long_title"), (raw / "ed" / "diagnosis.csv.gz", "icd_title")):
+    for path, col in ((raw / "hosp" / "d_icd_diagnoses.csv.gz", "long_title"), (raw / "ed" / "diagnosis.csv.gz", "icd_title")) if raw else ():
         if not path.exists(): continue
         df = pd.read_csv(path, usecols=["icd_code", "icd_version", col], dtype=str)
         df = df[(df.icd_version == "10") & df.icd_code.str.upper().isin(codes)].dropna()
         for code, title in zip(df.icd_code.str.upper(), df[col]): titles.setdefault(code, str(title))
-    return titles
+    return titles | {c: t for c in codes if c not in titles and (t := icd10_title(c))}
 
 def _head_state(ckpt: dict, path) -> dict:
     "The `head.*` weights of a supervised run's module state."
@@ -92,6 +94,8 @@ def make_bundle(dx_run_dir, lab_run_dir, data_dir, out_path, rank: str = "lift")
             "summary": {k: torch.tensor(np.asarray(v, np.float64)) for k, v in summary.items()},
             "evidence_rule": {"prior": PRIOR, "min_cooccur": MIN_COOCCUR, "rank": rank},
             "descriptions": icd_titles(data.manifest.get("parameters", {}).get("raw"), codes),
+            # codes whose training labels are identical (a parent with one child) are one diagnosis to a reader
+            "code_groups": {codes[k]: [codes[j] for j in g] for g in column_groups(label_matrix(data.cohort.iloc[splits["train"]], dx["labels"])) for k in g},
             "counts": {s: int(len(v)) for s, v in splits.items()} |
                       {"train_patients": int(data.cohort["subject_id"].iloc[splits["train"]].nunique())}}
     rows = dx_val["rows"][:8]

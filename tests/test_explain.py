@@ -175,7 +175,10 @@ def test_cli_json_html_and_model_resolution(model, tmp_path, capsys):
     assert explain_cli([good], str(model["bundle"])) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 1 and {"record", "diagnoses", "lab_abnormalities", "error"} <= out[0].keys()
-    assert {"code", "probability", "positive"} <= out[0]["diagnoses"][0].keys()
+    assert {"code", "codes", "probability", "positive", "description"} <= out[0]["diagnoses"][0].keys()
+    leads = [d["codes"][0] for d in out[0]["diagnoses"]]
+    assert len(leads) == len(set(leads)) and out[0]["model"]["operating_point"]      # one row per diagnosis; the model named
+    assert all(d["description"] for d in out[0]["diagnoses"]), out[0]["diagnoses"]   # every code described (CMS table)
     assert {"label", "probability"} <= out[0]["lab_abnormalities"][0].keys()
     # a finetune_lab run folder: the bundle is built into it on first use
     assert explain_cli([good, short], str(model["lab"])) == 1
@@ -190,6 +193,8 @@ def test_cli_json_html_and_model_resolution(model, tmp_path, capsys):
     assert explain_cli([good, short], str(model["bundle"]), out=str(tmp_path / "html"), fmt="html") == 1
     page = (tmp_path / "html" / "good.html").read_text()
     assert "data:image/png;base64," in page and "Diagnoses" in page and "lift" in page
+    assert "<title>ECG explanation · good" in page and "For research only" in page and "operating point" in page
+    assert str(tmp_path) not in page                                    # titled by the record's name, not its path
     assert "too short" in (tmp_path / "html" / "tiny.html").read_text()
     assert explain_cli([good], str(tmp_path / "nowhere.pt")) == 2
     # json into a named file, or a folder for explain.json
