@@ -368,8 +368,10 @@ def schedule(steps: list[Step], plan_dir: Path, force: bool = False, only: list[
             _write_stamp(plan_dir / s.name, key, res)
             if res.status == "ok": keys[s.name] = _downstream_key(s, key, plan_dir)
             n_done = sum(r.status != "not selected" for r in done.values())
-            log.info("[%d/%d steps, %d running, %d queued, %.0f min] %s %s in %.0f s %s", n_done, len(steps),
-                     min(len(running), parallel), max(len(running) - parallel, 0), (time.time() - t_start) / 60,
+            ran = [r.seconds for r in done.values() if r.status in ("ok", "failed")]
+            left = (len(wanted) - sum(n in wanted for n in done)) * sum(ran) / len(ran) / parallel / 60   # a rough ETA
+            log.info("[%d/%d steps, %d running, %d queued, %.0f min, ~%.0f min left] %s %s in %.0f s %s", n_done, len(steps),
+                     min(len(running), parallel), max(len(running) - parallel, 0), (time.time() - t_start) / 60, left,
                      res.status, s.name, res.seconds, res.error)
     return [done[s.name] for s in steps]
 
