@@ -244,6 +244,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ecg_study.plans.resource_dir': ('plans.html#resource_dir', 'ecg_study/plans.py'),
                                  'ecg_study.plans.run_seeds': ('plans.html#run_seeds', 'ecg_study/plans.py'),
                                  'ecg_study.plans.run_tag': ('plans.html#run_tag', 'ecg_study/plans.py'),
+                                 'ecg_study.plans.stage_config': ('plans.html#stage_config', 'ecg_study/plans.py'),
                                  'ecg_study.plans.stage_parameters': ('plans.html#stage_parameters', 'ecg_study/plans.py'),
                                  'ecg_study.plans.train_config_types': ('plans.html#train_config_types', 'ecg_study/plans.py'),
                                  'ecg_study.plans.validate_plan': ('plans.html#validate_plan', 'ecg_study/plans.py')},

@@ -26,7 +26,8 @@ STAGES_DIR, PLANS_DIR = resource_dir("stages"), resource_dir("plans")
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'STAGES_DIR', 'PLANS_DIR', 'PLAN_KEYS', 'RUN_KEYS', 'RUNNER_SET', 'resource_dir', 'PlanError',
-           'plan_path', 'run_seeds', 'run_tag', 'train_config_types', 'stage_parameters', 'validate_plan', 'load_plan']
+           'plan_path', 'run_seeds', 'run_tag', 'train_config_types', 'stage_parameters', 'validate_plan', 'load_plan',
+           'stage_config']
 
 # %% ../nbs/12a_plans.ipynb #189274d8
 class PlanError(ValueError):
@@ -176,3 +177,20 @@ def load_plan(plan: str | Path, env=None) -> dict:
     spec["name"] = p.stem
     validate_plan(spec, p, env)
     return spec
+
+# %% ../nbs/12a_plans.ipynb #df9b30ff
+def stage_config(cfg: dict | str, seed: int, n_threads: int, data_dir: str, defaults_plan: str = "") -> TrainConfig:
+    """The `TrainConfig` of a training stage, checked before it writes anything. `cfg` is a dict, or JSON text
+    (`papermill … -p cfg '{"epochs": 1}'`); by hand, `defaults_plan`'s `[defaults]` fill what it leaves out (a CPU-sized
+    model with the quick plan), while the runner passes every setting and no plan."""
+    if isinstance(cfg, str):
+        try: cfg = json.loads(cfg)
+        except json.JSONDecodeError as e: raise PlanError(f"cfg: not JSON ({e}); pass e.g. -p cfg '{{\"epochs\": 1}}'") from e
+    base = {k: v for k, v in load_plan(defaults_plan)["defaults"].items() if k != "seeds"} if defaults_plan else {}
+    cfg = {**base, **cfg}
+    bad = _check_keys("cfg", cfg, train_config_types())
+    if bad: raise PlanError("; ".join(bad))
+    if not (Path(data_dir) / "manifest.json").exists():
+        raise PlanError(f"data_dir = {data_dir!r} is not a prepared dataset: pass -p data_dir FOLDER, one that "
+                        "`ecg-study prepare` or a plan's prepare step built (data/processed/<plan>_<cohort>)")
+    return TrainConfig.from_dict({**cfg, "seed": seed, "num_threads": n_threads, "enable_progress_bar": False})

@@ -71,7 +71,7 @@ def _run_steps(run: dict, plan: dict) -> list[Step]:
     cohort, name, steps = run.get("cohort", "synthetic"), run["name"], []
     for seed in run_seeds(run, plan):
         c = {**cfg, "seed": seed}
-        base = dict(run=name, model=run.get("model", name), cohort=cohort, seed=seed)
+        base = dict(run=name, model=run.get("model", name), cohort=cohort, seed=seed, defaults_plan="")   # cfg holds every setting
         tag, data = run_tag(name, seed), [f"prepare_{cohort}"]
         if run["kind"] == "method":
             # pre-train (own, another run's, or none), then diagnoses, then the lab head
