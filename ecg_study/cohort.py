@@ -23,11 +23,11 @@ log = get_logger("ecg_study.cohort")
 # %% auto #0
 __all__ = ['log', 'RAW_TABLES', 'ECG_TABLE', 'QUALITY_RULES', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN', 'BIOMETRIC_WINDOW_DAYS',
            'VITAL_RULES', 'BIOMETRIC_RULES', 'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT', 'ID_COLUMNS',
-           'SOURCES', 'SKIPPED_FILE', 'PREPARED_FILES', 'quality_counts', 'find_table', 'register_table', 'connect_raw',
+           'SOURCES', 'ISSUES_FILE', 'PREPARED_FILES', 'quality_counts', 'find_table', 'register_table', 'connect_raw',
            'select_samples', 'gem_icd9_to_icd10', 'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats',
            'race_group_sql', 'build_features', 'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels',
            'filter_lab_labels', 'default_min_label_count', 'diagnosis_matrix', 'package_version', 'sha256_file',
-           'label_columns', 'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'skip_counts',
+           'label_columns', 'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'record_counts',
            'source_paths', 'raw_fingerprint', 'prepare']
 
 # %% ../nbs/03_cohort.ipynb #8d82979f
@@ -411,19 +411,21 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return [{k: conv(v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in df.to_dict("records")]
 
 # %% ../nbs/03_cohort.ipynb #489c679a
-SKIPPED_FILE = "skipped.csv"
+ISSUES_FILE = "record_issues.csv"
 
 def store_signals(paths: list[str], work: Path, n_jobs: int, progress: bool) -> pd.DataFrame:
-    """Prepare every record into `work/signals_all.npy` (resumably); list the skipped ones, with the reason, in the
-    dataset's `skipped.csv`: data beside the cohort, never printed, since a record's path names its patient."""
+    """Prepare every record into `work/signals_all.npy` (resumably); list the skipped and the flagged ones, with the
+    reason, in the dataset's `record_issues.csv`: data beside the cohort, never printed (a record's path names its patient)."""
     from ecg_study.signals import write_signals, status_paths
     work.mkdir(parents=True, exist_ok=True)
     npy = work / "signals_all.npy"
     if not npy.exists():  # an interrupt right after the store was moved into place: start the store afresh
         for p in status_paths(npy): Path(p).unlink(missing_ok=True)
     status = write_signals(paths, npy, n_jobs=n_jobs, progress=progress, dtype="float32")
-    skipped = status[~signal_rows(status)].rename_axis("row").reset_index()[["row", "path", "kind", "reason"]]
-    atomic_write(work.parent / SKIPPED_FILE, lambda p: skipped.to_csv(p, index=False))
+    t = status.rename_axis("row").reset_index()
+    t["reason"] = t.reason.where(t.status == "skipped", t.quality)
+    issues = t[(t.status == "skipped") | (t.quality != "")].assign(status=lambda d: d.status.replace({"ok": "flagged"}))
+    atomic_write(work.parent / ISSUES_FILE, lambda p: issues[["row", "path", "status", "kind", "reason"]].to_csv(p, index=False))
     return status
 
 def _finish_signals(work: Path, keep: np.ndarray, dst: Path):
@@ -436,9 +438,12 @@ def _finish_signals(work: Path, keep: np.ndarray, dst: Path):
 def signal_rows(status: pd.DataFrame) -> np.ndarray:
     return status["status"].isin(["ok", 1]).to_numpy()
 
-def skip_counts(status: pd.DataFrame) -> dict:
+def record_counts(status: pd.DataFrame) -> dict:
+    "Skipped records by kind and kept records by quality flag (a record may carry several)."
     bad = status[~signal_rows(status)]
-    return dict(Counter(str(k) if k is not None else "unknown" for k in bad.get("kind", bad["reason"])))
+    flags = [f.split(" (")[0] for q in status.get("quality", []) if q for f in q.split("; ")]
+    return {"skipped": dict(Counter(str(k) if k is not None else "unknown" for k in bad.get("kind", bad["reason"]))),
+            "flagged": dict(Counter(flags))}
 
 # %% ../nbs/03_cohort.ipynb #192b1e5e
 def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_jobs, progress, min_lab_pos,
@@ -470,7 +475,7 @@ def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_job
     lab = lab_abnormality_labels(closest_lab_values(con).reindex(study_ids), thresholds)
     lab = filter_lab_labels(lab, ids["fold"].to_numpy(), min_lab_pos, per_fold=not synthetic)
     cohort = pd.concat([ids, feats.reset_index(drop=True), diag.reset_index(drop=True), lab.reset_index(drop=True)], axis=1)
-    extra = {"min_label_count_used": mlc, "skipped": skip_counts(status), "quality": quality,
+    extra = {"min_label_count_used": mlc, **record_counts(status), "quality": quality,
              "lab_thresholds": _records(thresholds.reset_index())}
     con.close()
     return cohort, counts, extra, keep
@@ -497,7 +502,7 @@ def raw_fingerprint(raw: Path, ecg: Path | None) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/03_cohort.ipynb #a4973ff2
-PREPARED_FILES = {"cohort.parquet", "signals.npy", "manifest.json", SKIPPED_FILE, ".work"}   # all a prepared dataset folder holds
+PREPARED_FILES = {"cohort.parquet", "signals.npy", "manifest.json", ISSUES_FILE, ".work"}   # all a prepared dataset folder holds
 
 def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_label_count: int | None = None,
             seed: int = 0, n_jobs: int = 2, progress: bool = True, export_mds_ed: Path | None = None,
@@ -546,7 +551,7 @@ def _build(source, raw, ecg, out: Path, params: dict, min_label_count, seed, n_j
     counts["samples"] = len(cohort); counts["patients"] = int(cohort["subject_id"].nunique())
     diag, lab = label_columns(cohort, "diagnoses"), label_columns(cohort, "lababn")
     manifest = {"source": source, "parameters": params, "version": package_version(), "counts": counts,
-                "skipped": extra.pop("skipped"), "skipped_list": SKIPPED_FILE, **extra,
+                "skipped": extra.pop("skipped"), "flagged": extra.pop("flagged"), "record_issues": ISSUES_FILE, **extra,
                 "folds": {str(k): int(v) for k, v in cohort["fold"].value_counts().sort_index().items()},
                 "labels": {"diagnoses": _prevalences(cohort, diag), "lababn": _prevalences(cohort, lab)},
                 "n_features": len(feature_columns(cohort)), "signals_shape": [len(cohort), N_SAMPLES, len(STUDY_LEADS)],

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from .bundle import Bundle, as_bundle
 from .core import CLIP_MV
-from .signals import RecordError, preprocess, read_record
+from .signals import RecordError, preprocess, read_record, signal_problems
 
 # %% auto #0
 __all__ = ['whole_windows', 'explain_record', 'explain_records', 'explanation_html']
@@ -33,9 +33,11 @@ def _model_info(b: Bundle) -> dict:
 def explain_record(path, b: Bundle, top_k: int = 5, evidence_k: int = 3) -> tuple[dict, np.ndarray | None, float | None]:
     "Explanation dict of one record, plus its raw signal and rate (None when it failed)."
     out = {"record": str(path), "fs": None, "seconds": None, "windows": None,
-           "diagnoses": [], "lab_abnormalities": [], "evidence": [], "error": None}
+           "diagnoses": [], "lab_abnormalities": [], "evidence": [], "warnings": [], "error": None}
     try:
         x, fs = read_record(path)
+        skip, flag = signal_problems(x, fs)     # the prepared dataset's rules, as warnings (a short record: whole windows)
+        out["warnings"] = [w for w in skip if not w.startswith("shorter")] + flag
         n_win = whole_windows(len(x), fs, b.pre)
         if n_win < 1: raise RecordError(path, f"too short ({len(x) / fs:.2f} s < {b.pre['min_seconds']} s)", "too short")
         try: sig = preprocess(x, fs, n_out=b.pre["n_samples"], fs_out=b.pre["fs"])
@@ -118,7 +120,9 @@ def explanation_html(res: dict, x: np.ndarray | None = None, fs: float | None = 
              "The lab evidence is co-occurrence in the training folds, not a cause. <b>For research only</b>: not a medical "
              "device, not validated for clinical use.</p>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ECG explanation · {name}</title><style>{_CSS}</style></head><body>"
-            f"<h2>ECG explanation · {name}</h2><p>{res['seconds']} s at {res['fs']:g} Hz, {res['windows']} window(s) of 2.5 s scored</p>{about}"
+            f"<h2>ECG explanation · {name}</h2><p>{res['seconds']} s at {res['fs']:g} Hz, {res['windows']} window(s) of 2.5 s scored</p>"
+            + "".join(f"<p class='err'>Signal quality: {html.escape(w)}; read the result with care.</p>" for w in res.get("warnings", []))
+            + f"{about}"
             f"<div class='row'><div>{img}</div><div><h3>Diagnoses</h3>{dx}</div></div>"
             f"<h3>Lab-abnormality evidence (co-occurrence in the training folds)</h3>{ev}"
             f"<h3>Predicted lab abnormalities</h3>{labs}</body></html>")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from .core import LABS, atomic_write, lab_stem, record_path
 from .cohort import (ID_COLUMNS, feature_columns, filter_lab_labels, lab_abnormality_labels, label_columns,
-                              signal_rows, skip_counts, store_signals)
+                              signal_rows, record_counts, store_signals)
 
 # %% auto #0
 __all__ = ['MDS_ED_LAB_STAT', 'MDS_ED_LAB_THRESHOLDS', 'MDS_ED_ID_MAP', 'mds_ed_csv', 'prepare_mds_ed', 'write_mds_ed',
@@ -66,7 +66,7 @@ def prepare_mds_ed(raw: Path, ecg: Path, out: Path, seed, n_jobs, progress, min_
                          else np.nan for s in MDS_ED_LAB_THRESHOLDS.index}, index=df.index).astype("float64")
     lab = filter_lab_labels(lab_abnormality_labels(vals, MDS_ED_LAB_THRESHOLDS), ids["fold"].to_numpy(), min_lab_pos)
     cohort = pd.concat([ids, feats, diag, lab], axis=1)
-    return cohort, counts, {"skipped": skip_counts(status), "lab_label_statistic": f"labvalues_<stem>_{MDS_ED_LAB_STAT}"}, keep
+    return cohort, counts, {**record_counts(status), "lab_label_statistic": f"labvalues_<stem>_{MDS_ED_LAB_STAT}"}, keep
 
 # %% ../nbs/03a_mds_ed.ipynb #1bb76b59
 def write_mds_ed(cohort: pd.DataFrame, path: Path) -> Path:

@@ -18,9 +18,9 @@ from tqdm import tqdm
 from .core import CLIP_MV, FS, N_SAMPLES, STUDY_LEADS, atomic_write, get_logger
 
 # %% auto #0
-__all__ = ['MIN_SECONDS', 'PENDING', 'OK', 'SKIPPED', 'RecordError', 'lead_columns', 'mv_scale', 'read_record', 'interpolate_nan',
-           'resample', 'preprocess', 'prepare_record', 'status_paths', 'write_signals', 'signal_status',
-           'compact_signals']
+__all__ = ['MIN_SECONDS', 'QUALITY', 'PENDING', 'OK', 'SKIPPED', 'RecordError', 'lead_columns', 'mv_scale', 'read_record',
+           'interpolate_nan', 'resample', 'preprocess', 'signal_problems', 'prepare_record', 'status_paths',
+           'write_signals', 'signal_status', 'compact_signals']
 
 # %% ../nbs/02_signals.ipynb #c142528c
 class RecordError(ValueError):
@@ -127,11 +127,41 @@ def preprocess(signal: np.ndarray, fs: float, n_out: int = N_SAMPLES, fs_out: fl
     out[:len(x)] = x
     return out
 
-def prepare_record(path) -> np.ndarray:
-    "The prepared (1000, 12) signal of a record; any problem is a `RecordError` naming it."
+# The prepared dataset's signal-quality rules. Skipped: what would put wrong numbers into the model (padding that
+# evaluation would score; a 1000× unit error). Flagged, kept and counted: what a real ED ECG can carry (a lead off).
+QUALITY = {"seconds": N_SAMPLES / FS,      # a prepared record is 10 s: a shorter one would be zero-padded and scored
+           "span_mv": (0.02, 20.0),        # the median lead's 0.5–99.5 % range: outside, the units are off (µV as mV, V as mV)
+           "flat_mv": 0.01,                # a lead whose range is below this is flat (lead off)
+           "nan_share": 0.5,               # a lead more than half NaN is mostly interpolated
+           "saturated_share": 0.02}        # a lead that sits at its own extreme this often is clipped by the recorder
+
+def signal_problems(x: np.ndarray, fs: float) -> tuple[list[str], list[str]]:
+    "(reasons to skip, reasons to flag) of a read record (samples × 12 mV in `STUDY_LEADS` order), by `QUALITY`."
+    skip, flag, q = [], [], QUALITY
+    if len(x) < q["seconds"] * fs - 1e-6: skip.append(f"shorter than {q['seconds']:g} s ({len(x) / fs:.2f} s)")
+    with np.errstate(all="ignore"):
+        lo, hi = np.nanpercentile(x, [0.5, 99.5], axis=0) if np.isfinite(x).any() else (np.zeros(x.shape[1]),) * 2
+    span = hi - lo
+    med = float(np.nanmedian(span))
+    if not q["span_mv"][0] <= med <= q["span_mv"][1]: skip.append(f"implausible amplitude (median lead range {med:.3g} mV)")
+    named = lambda m: ", ".join(np.array(STUDY_LEADS)[m]) if x.shape[1] == len(STUDY_LEADS) else str(np.flatnonzero(m).tolist())
+    if (flat := np.nan_to_num(span, nan=0) < q["flat_mv"]).any(): flag.append(f"flat lead ({named(flat)})")
+    if (nan := np.isnan(x).mean(0) > q["nan_share"]).any(): flag.append(f"mostly NaN lead ({named(nan)})")
+    at_edge = (np.isclose(x, np.nanmax(x, 0)) | np.isclose(x, np.nanmin(x, 0))).mean(0) if np.isfinite(x).any() else 0 * span
+    if (sat := (at_edge > q["saturated_share"]) & ~flat).any(): flag.append(f"saturated ({named(sat)})")
+    return skip, flag
+
+def _prepare(path) -> tuple[np.ndarray, list[str]]:
+    "The prepared (1000, 12) signal of a record and its quality flags; a problem that skips it is a `RecordError`."
     x, fs = read_record(path)
-    try: return preprocess(x, fs)
+    skip, flag = signal_problems(x, fs)
+    if skip: raise RecordError(_record_base(path), "; ".join(skip), skip[0].split(" (")[0])
+    try: return preprocess(x, fs), flag
     except ValueError as e: raise RecordError(_record_base(path), str(e), "all-NaN lead") from e
+
+def prepare_record(path) -> np.ndarray:
+    "The prepared (1000, 12) signal of a record; any problem that skips it is a `RecordError` naming it."
+    return _prepare(path)[0]
 
 # %% ../nbs/02_signals.ipynb #21d2c409
 PENDING, OK, SKIPPED = 0, 1, 2   # per-record status of the signal store
@@ -179,13 +209,14 @@ def _open_store(paths: list[str], out_npy: Path, dtype) -> tuple[np.ndarray, dic
     return status, meta
 
 def _prepare_chunk(rows: np.ndarray, paths: list[str], dtype: str):
-    "Prepared signals of one chunk of rows (zeros where skipped) and the skip reasons {row: (kind, message)}."
+    "Prepared signals of one chunk of rows (zeros where skipped), the skip reasons {row: (kind, message)} and the flags {row: [..]}."
     out = np.zeros((len(rows), N_SAMPLES, len(STUDY_LEADS)), dtype)
-    skips = {}
+    skips, flags = {}, {}
     for j, (row, p) in enumerate(zip(rows, paths)):
-        try: out[j] = prepare_record(p)
-        except RecordError as e: skips[int(row)] = (e.kind, str(e))
-    return rows, out, skips
+        try: out[j], f = _prepare(p)
+        except RecordError as e: skips[int(row)] = (e.kind, str(e)); continue
+        if f: flags[int(row)] = f
+    return rows, out, skips, flags
 
 # %% ../nbs/02_signals.ipynb #1063c90b
 def _run_chunks(chunks, paths, dtype, n_jobs):
@@ -214,11 +245,12 @@ def write_signals(paths: list, out_npy, n_jobs: int = 2, progress: bool = True,
     chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
     signals = np.load(out_npy, mmap_mode="r+")
     with tqdm(total=len(todo), disable=not progress, desc=f"signals → {out_npy.name}", unit="rec") as bar:
-        for rows, arr, skips in _run_chunks(chunks, paths, dtype, n_jobs):
+        for rows, arr, skips, flags in _run_chunks(chunks, paths, dtype, n_jobs):
             signals[rows] = arr
             signals.flush()  # rows reach the file before the status says they are done
             for row, (kind, msg) in skips.items():   # no line per record: its path names the patient (the table has it)
                 meta["skips"][str(row)] = [kind, msg]
+            meta.setdefault("flags", {}).update({str(r): f for r, f in flags.items()})
             status[rows] = OK
             status[list(skips)] = SKIPPED
             _save_progress(out_npy, status, meta)
@@ -226,17 +258,19 @@ def write_signals(paths: list, out_npy, n_jobs: int = 2, progress: bool = True,
     del signals
     table = signal_status(paths, out_npy)
     n = Counter(table.status)
-    log.info(f"{out_npy.name}: {n['ok']} ok, {n['skipped']} skipped {dict(Counter(table.kind.dropna()))} (signal_status lists them)")
+    log.info(f"{out_npy.name}: {n['ok']} ok, {n['skipped']} skipped {dict(Counter(table.kind.dropna()))}, "
+             f"{(table.quality != '').sum()} flagged (signal_status lists them)")
     return table
 
 def signal_status(paths: list, out_npy) -> pd.DataFrame:
-    "Per-row status of a signal store: path, status (todo/ok/skipped), kind and reason of a skip."
+    "Per-row status of a signal store: path, status (todo/ok/skipped), kind and reason of a skip, `quality` flags of a kept row."
     st, js = status_paths(out_npy)
-    status, skips = np.load(st), json.loads(js.read_text())["skips"]
+    meta = json.loads(js.read_text())
+    status, skips, flags = np.load(st), meta["skips"], meta.get("flags", {})
     kind = [skips.get(str(i), [None, None])[0] if s == SKIPPED else None for i, s in enumerate(status)]
     reason = [skips.get(str(i), [None, None])[1] if s == SKIPPED else None for i, s in enumerate(status)]
     return pd.DataFrame({"path": [str(p) for p in paths], "status": [_STATUS_NAMES[int(s)] for s in status],
-                         "kind": kind, "reason": reason})
+                         "kind": kind, "reason": reason, "quality": ["; ".join(flags.get(str(i), [])) for i in range(len(status))]})
 
 # %% ../nbs/02_signals.ipynb #31c6b34f
 def compact_signals(src_npy, keep_mask, dst_npy, chunk_rows: int = 1024) -> Path:

@@ -145,7 +145,7 @@ def test_window_edges_and_counts(prepared):
     assert C not in set(cohort.subject_id)
     assert c["ecgs_with_signal"] == n_rec - 4 == len(cohort) == len(sig)         # D truncated, E missing a lead
     assert sum(m["skipped"].values()) == 2 and {D, E}.isdisjoint(cohort.subject_id)
-    skipped = pd.read_csv(out / m["skipped_list"])      # named in the dataset (data), never printed
+    skipped = pd.read_csv(out / m["record_issues"]).query("status == 'skipped'")     # named in the dataset (data), never printed
     assert len(skipped) == 2 and all(f"p{s}" in " ".join(skipped.path) for s in (D, E)) and skipped.reason.notna().all()
 
 def test_skipped_records_are_not_printed(tmp_path, caplog):
@@ -368,6 +368,10 @@ def test_quality_rules_drop_or_blank_and_count(tmp_path):
     rl.to_csv(raw / "ecg" / "record_list.csv", index=False)
     st = pd.read_csv(raw / "ed" / "edstays.csv.gz"); st.loc[st.subject_id == f3, "intime"] = "soon"; gz(st, raw / "ed" / "edstays.csv.gz")
     vs = pd.read_csv(raw / "ed" / "vitalsign.csv.gz"); vs.loc[vs.index[0], "charttime"] = "25:99"; gz(vs, raw / "ed" / "vitalsign.csv.gz")
+    f4 = rl[rl.subject_id == FILLERS[4]].iloc[0]                                                # lead V1 off: flagged, kept
+    x = ecg_signal(int(f4.study_id) % 7); x[:, MIMIC_LEADS.index("V1")] = 0.0
+    wfdb.wrsamp(str(f4.study_id), fs=500, units=["mV"] * 12, sig_name=list(MIMIC_LEADS), p_signal=x, fmt=["16"] * 12,
+                write_dir=str(raw / "ecg" / Path(f4.path).parent))
     m = prepare("synthetic", raw, tmp_path / "ds", min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
     q, cohort = m["quality"], read_prepared(tmp_path / "ds")[0]
     assert q["labevents_negative_value"] == 1 and q["labevents_reference_low_above_high"] == 1
@@ -375,5 +379,8 @@ def test_quality_rules_drop_or_blank_and_count(tmp_path):
     assert q["record_list_duplicate_study_id"] == 2 and f2 not in set(cohort.subject_id)
     assert q["edstays_intime_missing"] == 1 and f3 not in set(cohort.subject_id)
     assert q["vitalsign_charttime_missing"] == 1 and q["record_list_ecg_time_missing"] == 0
+    issues = pd.read_csv(tmp_path / "ds" / m["record_issues"])
+    assert m["flagged"] == {"flat lead": 1} and FILLERS[4] in set(cohort.subject_id)
+    assert issues[issues.status == "flagged"].reason.tolist() == ["flat lead (V1)"]
     labs = cohort[[c for c in cohort if "potassium" in c and not c.startswith("lababn_")]]
     assert len(labs.columns) and (labs.fillna(0) >= 0).all().all()

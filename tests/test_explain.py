@@ -102,8 +102,8 @@ def test_short_record_uses_its_whole_windows(model, tmp_path):
     sig = ecg(3, seconds=6.2)
     [r] = explain_records([wrsamp(tmp_path, "short6", sig)], model["b"])
     assert r["error"] is None and r["windows"] == 2 and r["seconds"] == 6.2
-    from ecg_study.signals import prepare_record
-    p_dx, _ = model["b"].predict(prepare_record(tmp_path / "short6")[None], n_windows=2)
+    from ecg_study.signals import preprocess, read_record     # a prepared dataset skips it (< 10 s); explain scores 2 windows
+    p_dx, _ = model["b"].predict(preprocess(*read_record(tmp_path / "short6"))[None], n_windows=2)
     got = {d["code"]: d["probability"] for d in r["diagnoses"]}
     for k, code in enumerate(model["b"].dx_codes): assert abs(got[code] - p_dx[0, k]) < 1e-4
 
@@ -195,6 +195,9 @@ def test_cli_json_html_and_model_resolution(model, tmp_path, capsys):
     assert "data:image/png;base64," in page and "Diagnoses" in page and "lift" in page
     assert "<title>ECG explanation · good" in page and "For research only" in page and "operating point" in page
     assert str(tmp_path) not in page                                    # titled by the record's name, not its path
+    flat = ecg(5); flat[:, 3] = 0.0                                       # a lead off: explained, with a warning
+    assert explain_cli([wrsamp(tmp_path, "flat", flat)], str(model["bundle"]), out=str(tmp_path / "flat.html"), fmt="html") == 0
+    assert "Signal quality: flat lead" in (tmp_path / "flat.html").read_text()
     assert "too short" in (tmp_path / "html" / "tiny.html").read_text()
     assert explain_cli([good], str(tmp_path / "nowhere.pt")) == 2
     # json into a named file, or a folder for explain.json

@@ -251,7 +251,7 @@ def test_write_signals_deterministic_and_counts_skips(tmp_path):
     paths = make_records(tmp_path, 10, bad={3, 7}) + [tmp_path / "absent"]
     t1 = write_signals(paths, tmp_path / "a.npy", n_jobs=1, progress=False, chunk_size=3)
     t2 = write_signals(paths, tmp_path / "b.npy", n_jobs=2, progress=False, chunk_size=2)
-    assert t1.equals(t2) and list(t1.columns) == ["path", "status", "kind", "reason"]
+    assert t1.equals(t2) and list(t1.columns) == ["path", "status", "kind", "reason", "quality"]
     assert t1.status.tolist().count("skipped") == 3 and set(np.flatnonzero(t1.status == "skipped")) == {3, 7, 10}
     assert t1.kind[3] == "too short" and t1.kind[10] == "missing file" and "absent" in t1.reason[10]
     a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
