@@ -330,6 +330,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'ecg_study.signals._save_npy': ('signals.html#_save_npy', 'ecg_study/signals.py'),
                                    'ecg_study.signals._save_progress': ('signals.html#_save_progress', 'ecg_study/signals.py'),
                                    'ecg_study.signals._units': ('signals.html#_units', 'ecg_study/signals.py'),
+                                   'ecg_study.signals.check_free_space': ('signals.html#check_free_space', 'ecg_study/signals.py'),
                                    'ecg_study.signals.compact_signals': ('signals.html#compact_signals', 'ecg_study/signals.py'),
                                    'ecg_study.signals.interpolate_nan': ('signals.html#interpolate_nan', 'ecg_study/signals.py'),
                                    'ecg_study.signals.lead_columns': ('signals.html#lead_columns', 'ecg_study/signals.py'),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_signals.ipynb #3a5e00e2
 from __future__ import annotations
-import hashlib, json
+import hashlib, json, shutil
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from fractions import Fraction
@@ -20,7 +20,7 @@ from .core import CLIP_MV, FS, N_SAMPLES, STUDY_LEADS, atomic_write, get_logger
 # %% auto #0
 __all__ = ['MIN_SECONDS', 'QUALITY', 'PENDING', 'OK', 'SKIPPED', 'RecordError', 'lead_columns', 'mv_scale', 'read_record',
            'interpolate_nan', 'resample', 'preprocess', 'signal_problems', 'prepare_record', 'status_paths',
-           'write_signals', 'signal_status', 'compact_signals']
+           'check_free_space', 'write_signals', 'signal_status', 'compact_signals']
 
 # %% ../nbs/02_signals.ipynb #c142528c
 class RecordError(ValueError):
@@ -185,6 +185,11 @@ def _save_progress(out_npy, status: np.ndarray, meta: dict) -> None:
     atomic_write(st, lambda p: _save_npy(p, status), fsync=True)
 
 # %% ../nbs/02_signals.ipynb #b93d44e2
+def check_free_space(path: Path, need: int) -> None:
+    "Refuse to allocate `need` bytes at `path` when its disk has less free: a memmap on a full disk dies with a bus error."
+    free = shutil.disk_usage(Path(path).parent).free
+    if need > free: raise OSError(f"{path}: needs {need / 1e6:,.1f} MB, only {free / 1e6:,.1f} MB free on its disk")
+
 def _open_store(paths: list[str], out_npy: Path, dtype) -> tuple[np.ndarray, dict]:
     "Create the memmap and its sidecars, or check that existing ones belong to these paths; return status and meta."
     st, js = status_paths(out_npy)
@@ -202,6 +207,7 @@ def _open_store(paths: list[str], out_npy: Path, dtype) -> tuple[np.ndarray, dic
             raise ValueError(f"{out_npy}: was started with dtype {meta['dtype']}, not {dtype}")
     if not out_npy.exists():
         if status.any(): raise FileNotFoundError(f"{out_npy}: missing, but {st.name} says rows are done")
+        check_free_space(out_npy, int(np.prod(shape)) * np.dtype(dtype).itemsize)
         np.lib.format.open_memmap(out_npy, mode="w+", dtype=dtype, shape=shape).flush()
     got = np.load(out_npy, mmap_mode="r")
     if got.shape != shape or got.dtype != np.dtype(dtype):
@@ -279,6 +285,7 @@ def compact_signals(src_npy, keep_mask, dst_npy, chunk_rows: int = 1024) -> Path
     keep = np.flatnonzero(np.asarray(keep_mask, bool))
     if len(keep_mask) != len(src):
         raise ValueError(f"{src_npy}: keep_mask has {len(keep_mask)} rows, the store {len(src)}")
+    check_free_space(Path(dst_npy), len(keep) * int(np.prod(src.shape[1:])) * src.dtype.itemsize)
     def copy(tmp):
         dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep),) + src.shape[1:])
         for i in range(0, len(keep), chunk_rows):

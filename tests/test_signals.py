@@ -326,3 +326,12 @@ def test_float16_store_and_compact(tmp_path):
     assert kept.dtype == np.float16 and np.array_equal(kept, s[[0, 2, 3, 4]])
     with pytest.raises(ValueError, match="keep_mask"):
         compact_signals(out, [True], tmp_path / "x.npy")
+
+def test_a_full_disk_is_refused_before_the_memmap(tmp_path, monkeypatch):
+    "A store that does not fit on its disk is an OSError naming the file and the sizes, not a bus error later."
+    import shutil
+    paths = make_records(tmp_path, 2)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match=r"full\.npy: needs 0\.1 MB, only 0\.0 MB free"):
+        write_signals(paths, tmp_path / "full.npy", n_jobs=1, progress=False)
+    assert not (tmp_path / "full.npy").exists()
