@@ -179,8 +179,11 @@ def build_diagnoses(con, gem: pd.DataFrame) -> dict:
     rows, distinct = con.execute("""SELECT count(*), count(DISTINCT code) FROM raw_codes r
       WHERE icd_version IS DISTINCT FROM 10 AND NOT (icd_version = 9 AND EXISTS (SELECT 1 FROM gem g WHERE g.icd9 = r.code))""").fetchall()[0]
     n9 = con.execute("SELECT count(*) FROM raw_codes WHERE icd_version = 9").fetchall()[0][0]
+    # an ICD-10 code the CMS table does not know (a typo, or a code retired before 2024) is kept as given, and counted
+    from ecg_study.metrics import icd10_title
+    unknown = [c for (c,) in con.execute("SELECT DISTINCT code FROM raw_codes WHERE icd_version = 10").fetchall() if not icd10_title(c)]
     return {"icd_codes": con.execute("SELECT count(*) FROM raw_codes").fetchall()[0][0], "icd9_codes": n9,
-            "icd_unmapped_rows": rows, "icd_unmapped_distinct": distinct}
+            "icd_unmapped_rows": rows, "icd_unmapped_distinct": distinct, "icd10_not_in_cms_table_distinct": len(unknown)}
 
 # %% ../nbs/03_cohort.ipynb #13a42927
 VITAL_RULES = {  # vital -> (SQL expression converting the raw column `x`, low, high)
