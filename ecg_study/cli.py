@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_explain)
     return p
 
+# %% ../nbs/13_cli.ipynb #3733b714
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `ecg-study`; returns the process exit code (2 with a one-line message on bad input)."
     args = build_parser().parse_args(argv)

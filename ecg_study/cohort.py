@@ -100,6 +100,7 @@ def register_table(con: duckdb.DuckDBPyConnection, name: str, path: Path, column
                      for c, t in columns.items())
     con.sql(f"CREATE OR REPLACE VIEW {name} AS SELECT {cols} FROM {_read_csv_sql(path)}")
 
+# %% ../nbs/03_cohort.ipynb #1c4fc1e6
 def connect_raw(raw: Path, ecg: Path, memory_limit: str = "4GB", temp_dir: Path | None = None):
     "DuckDB connection with one typed view per raw MIMIC table (and `record_list`)."
     raw, ecg = Path(raw), Path(ecg)

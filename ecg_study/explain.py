@@ -30,6 +30,7 @@ def _model_info(b: Bundle) -> dict:
             "plan": Path(src.get("dx_run", "")).parent.name, "trained_on": b.meta.get("counts", {}),
             "data": Path(src.get("data_dir", "")).name, "operating_point": b.meta.get("operating_point", "")}
 
+# %% ../nbs/15_explain.ipynb #356352d2
 def explain_record(path, b: Bundle, top_k: int = 5, evidence_k: int = 3) -> tuple[dict, np.ndarray | None, float | None]:
     "Explanation dict of one record, plus its raw signal and rate (None when it failed)."
     out = {"record": str(path), "fs": None, "seconds": None, "windows": None,

@@ -135,6 +135,7 @@ QUALITY = {"seconds": N_SAMPLES / FS,      # a prepared record is 10 s: a shorte
            "nan_share": 0.5,               # a lead more than half NaN is mostly interpolated
            "saturated_share": 0.02}        # a lead that sits at its own extreme this often is clipped by the recorder
 
+# %% ../nbs/02_signals.ipynb #3de7e427
 def signal_problems(x: np.ndarray, fs: float) -> tuple[list[str], list[str]]:
     "(reasons to skip, reasons to flag) of a read record (samples × 12 mV in `STUDY_LEADS` order), by `QUALITY`."
     skip, flag, q = [], [], QUALITY

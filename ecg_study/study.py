@@ -214,6 +214,7 @@ def _identifiers(step: Step, plan_dir: Path) -> set[int]:
     d = step_paths(plan_dir, step).get("data_dir")
     return cohort_identifiers(Path(d)) if d and (Path(d) / "manifest.json").exists() else set()
 
+# %% ../nbs/12_study.ipynb #24f3b302
 class IPCKernelManager(AsyncKernelManager):
     "Stage kernels over IPC sockets (local only, without the kernel's TCP-without-encryption warning), one socket prefix each."
     @default("transport")
@@ -234,6 +235,7 @@ def stage_params(step: Step, plan_dir: Path, n_threads: int) -> dict:
     declared = stage_parameters(STAGES_DIR / f"{step.stage}.ipynb")
     return {**step.params, **{k: v for k, v in runner.items() if k in declared}}
 
+# %% ../nbs/12_study.ipynb #b74aa5f8
 def execute_step(step: Step, plan_dir: Path, identifiers: set[int] | None = None, n_threads: int = 1) -> StepResult:
     "Run one stage notebook with papermill into `plan_dir/<step>/`; return its result."
     import nbformat, papermill as pm
@@ -407,6 +409,7 @@ def _commit() -> str:
                                text=True, timeout=10).stdout.strip() or "not a git checkout"
     except (OSError, subprocess.SubprocessError): return "git not found"
 
+# %% ../nbs/12_study.ipynb #c3c0b2b1
 def about_html(plan_dir: Path, plan: dict, plan_file: Path | None = None) -> str:
     "What was run, as HTML: plan file, date, commit and versions; each cohort's size; the model and training settings; the runs."
     import html
@@ -443,6 +446,7 @@ def _step_links(plan_dir: Path, r: StepResult) -> str:
         if (d / rel).exists() and label not in [l for l, _ in links]: links.append((label, rel))
     return " · ".join(f'<a href="{r.name}/{rel}">{label}</a>' for label, rel in links)
 
+# %% ../nbs/12_study.ipynb #468bce78
 def write_index(plan_dir: Path, plan: dict, results: list[StepResult], plan_file: Path | None = None) -> Path:
     "Write `index.html` (+ copy the evaluate stage's results) for a plan's report folder."
     import html

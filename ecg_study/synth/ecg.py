@@ -33,6 +33,7 @@ def _heart_rate(s: dict, lab: dict, E: dict) -> float:
           + E["hr_af"] * s["af"] + E["hr_heart_failure"] * s["heart_failure"] + E["hr_stemi"] * (s["stemi"] is not None))
     return float(np.clip(hr, 38, 175))
 
+# %% ../../nbs/01b_synth_ecg.ipynb #fe63728c
 def ecg_params(state: dict) -> dict:
     "Effective ECG parameters (rate, intervals, wave gains) of a state; no randomness."
     s, E = {**DEFAULT_STATE, **state}, ECG_EFFECTS
@@ -54,7 +55,6 @@ def ecg_params(state: dict) -> dict:
         af=bool(s["af"]), lbbb=bool(s["lbbb"]), rbbb=bool(s["rbbb"] and not s["lbbb"]), stemi=s["stemi"],
         nstemi=bool(s["nstemi"]), old_mi=s["old_mi"], lvh=bool(s["lvh"]), heart_failure=bool(s["heart_failure"]),
         age=float(s["age"]), k_eff=k, ca_eff=ca)
-
 
 # %% ../../nbs/01b_synth_ecg.ipynb #24015dbc
 def _unit(v) -> np.ndarray:
