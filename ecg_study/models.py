@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['Projector', 'MLPHead', 'FusionModel', 'over_windows', 'freeze_encoder']
+__all__ = ['Projector', 'MLPHead', 'FusionModel', 'over_windows', 'freeze_encoder', 'distributed', 'gather_batch',
+           'GlobalBatchNorm1d', 'globalize_batchnorm']
 
 # %% ../nbs/08_models.ipynb #64a57bd7
 def _mlp(d_in: int, dims, bn: bool, dropout: float, last_bias: bool) -> nn.Sequential:
@@ -78,3 +79,36 @@ def freeze_encoder(encoder: nn.Module, depth) -> list[nn.Module]:
     encoder._freeze_hooks = [m.register_forward_pre_hook(_stay_eval) for m in frozen]
     encoder.frozen_depth = depth
     return frozen
+
+# %% ../nbs/08_models.ipynb #e3288dad
+def distributed() -> bool:
+    "Whether this process is one of several DDP ranks."
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+def gather_batch(z: torch.Tensor) -> torch.Tensor:
+    "The global (N·W, D) batch of a DDP run, gradients flowing back to each rank's part; `z` itself on one process."
+    if not distributed(): return z
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(z.contiguous()), 0)
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are those of the batch over every DDP rank, with gradients through them,
+    on any backend (SyncBatchNorm needs a GPU); on one process it is BatchNorm1d."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and distributed()): return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        n = all_reduce(torch.tensor(float(len(x)), device=x.device))
+        mean = all_reduce(x.sum(0)) / n
+        var = all_reduce(((x - mean) ** 2).sum(0)) / n
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)
+            self.num_batches_tracked += 1
+        y = (x - mean) / torch.sqrt(var + self.eps)
+        return y * self.weight + self.bias if self.affine else y
+
+def globalize_batchnorm(module: nn.Module) -> nn.Module:
+    "Make every BatchNorm1d of `module` a GlobalBatchNorm1d, in place (parameters, buffers and their names unchanged)."
+    for m in module.modules():
+        if type(m) is nn.BatchNorm1d: m.__class__ = GlobalBatchNorm1d
+    return module

@@ -18,7 +18,7 @@ from .core import get_logger
 from .datamodule import PreparedDataModule
 from .datasets import DX_PREFIX, LAB_PREFIX
 from .metrics import macro_auroc
-from .models import FusionModel, MLPHead, Projector, freeze_encoder, over_windows
+from .models import FusionModel, MLPHead, Projector, freeze_encoder, gather_batch, globalize_batchnorm, over_windows
 from .objectives import cross_modal_loss, masked_bce
 from .run_config import (BASELINES, TrainConfig, load_checkpoint, load_predictions, make_ecg_encoder, make_tab_encoder,
                                   part_path)
@@ -124,8 +124,11 @@ class PretrainModule(_Stage):
         h = over_windows(self.ecg, x) if x.dim() == 4 else self.ecg(x)
         return self.proj_ecg(h), self.proj_tab(self.tab(*_tab(batch)))
 
+    def setup(self, stage: str):
+        if self.trainer.world_size > 1: globalize_batchnorm(self)   # DDP: hidden-layer statistics of the global batch
+
     def training_step(self, batch, batch_idx):
-        parts = self.objective(*self.project(batch))
+        parts = self.objective(*(gather_batch(z) for z in self.project(batch)))   # DDP: the loss of the global batch
         self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True, batch_size=len(batch["x"]))
         return parts["loss"]
 
