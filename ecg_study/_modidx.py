@@ -9,6 +9,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'ecg_study.bundle._head_state': ('bundle.html#_head_state', 'ecg_study/bundle.py'),
                                   'ecg_study.bundle._val_thresholds': ('bundle.html#_val_thresholds', 'ecg_study/bundle.py'),
                                   'ecg_study.bundle.as_bundle': ('bundle.html#as_bundle', 'ecg_study/bundle.py'),
+                                  'ecg_study.bundle.code_families': ('bundle.html#code_families', 'ecg_study/bundle.py'),
                                   'ecg_study.bundle.icd_titles': ('bundle.html#icd_titles', 'ecg_study/bundle.py'),
                                   'ecg_study.bundle.load_bundle': ('bundle.html#load_bundle', 'ecg_study/bundle.py'),
                                   'ecg_study.bundle.make_bundle': ('bundle.html#make_bundle', 'ecg_study/bundle.py'),

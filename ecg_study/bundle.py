@@ -21,8 +21,8 @@ from .signals import MIN_SECONDS
 log = get_logger("ecg_study.bundle")
 
 # %% auto #0
-__all__ = ['log', 'BUNDLE_VERSION', 'BUNDLE_KIND', 'preprocessing_params', 'icd_titles', 'make_bundle', 'Bundle', 'load_bundle',
-           'as_bundle']
+__all__ = ['log', 'BUNDLE_VERSION', 'BUNDLE_KIND', 'preprocessing_params', 'code_families', 'icd_titles', 'make_bundle', 'Bundle',
+           'load_bundle', 'as_bundle']
 
 # %% ../nbs/15b_bundle.ipynb #83a1d0d0
 BUNDLE_VERSION = 1
@@ -32,6 +32,14 @@ def preprocessing_params(n_windows: int = N_SAMPLES // CROP) -> dict:
     "How a record becomes model input: rate, length, window, leads, clip (stored in the bundle)."
     return {"fs": FS, "n_samples": N_SAMPLES, "crop": CROP, "n_windows": n_windows, "leads": list(STUDY_LEADS),
             "clip_mv": CLIP_MV, "min_seconds": MIN_SECONDS}
+
+def code_families(y: np.ndarray, codes: list[str]) -> dict[str, list[str]]:
+    "Each code → its family: the codes with identical training labels of which one is the other's ancestor (R53 / R538 / R5383)."
+    fams = {}
+    for g in column_groups(y):
+        cs = sorted((codes[k] for k in g), key=len)
+        for c in cs: fams.setdefault(next(r for r in cs if c.startswith(r)), []).append(c)   # under its shortest ancestor
+    return {c: fam for fam in fams.values() for c in fam}
 
 def icd_titles(raw_dir, codes: list[str]) -> dict[str, str]:
     """ICD-10 titles of `codes`: the raw source's own (hosp/d_icd_diagnoses, else ed/diagnosis), else the CMS ICD-10-CM
@@ -94,8 +102,7 @@ def make_bundle(dx_run_dir, lab_run_dir, data_dir, out_path, rank: str = "lift")
             "summary": {k: torch.tensor(np.asarray(v, np.float64)) for k, v in summary.items()},
             "evidence_rule": {"prior": PRIOR, "min_cooccur": MIN_COOCCUR, "rank": rank},
             "descriptions": icd_titles(data.manifest.get("parameters", {}).get("raw"), codes),
-            # codes whose training labels are identical (a parent with one child) are one diagnosis to a reader
-            "code_groups": {codes[k]: [codes[j] for j in g] for g in column_groups(label_matrix(data.cohort.iloc[splits["train"]], dx["labels"])) for k in g},
+            "code_groups": code_families(label_matrix(data.cohort.iloc[splits["train"]], dx["labels"]), codes),
             "counts": {s: int(len(v)) for s, v in splits.items()} |
                       {"train_patients": int(data.cohort["subject_id"].iloc[splits["train"]].nunique())}}
     rows = dx_val["rows"][:8]

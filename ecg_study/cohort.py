@@ -54,18 +54,20 @@ ECG_TABLE = ("record_list", {"subject_id": "BIGINT", "study_id": "BIGINT", "file
 # %% ../nbs/03_cohort.ipynb #8175d1ed
 # Values no source should hold: each rule keeps a row out, or blanks a value, and is counted in the manifest
 # ("quality"). Timestamps that do not parse are NULL already (TRY_CAST); they are counted where a row then drops out.
+_SIGNED = f"({', '.join(str(l.itemid) for l in LABS if l.label == 'Base Excess')})"   # the one lab of the study that may be negative
 _DUP = "study_id IN (SELECT study_id FROM raw_record_list WHERE study_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1)"
 QUALITY_RULES = {
-    "record_list": {"keep": f"NOT ({_DUP})",         # two rows of one study: which waveform is it? neither
+    "record_list": {"keep": f"NOT coalesce({_DUP}, false)",   # two rows of one study: which waveform is it? neither
                     "count": {"record_list_duplicate_study_id": _DUP, "record_list_ecg_time_missing": "ecg_time IS NULL"}},
     "edstays": {"count": {"edstays_intime_missing": "intime IS NULL"}},
     "vitalsign": {"count": {"vitalsign_charttime_missing": "charttime IS NULL"}},
     "patients": {"set": {"anchor_age": "CASE WHEN anchor_age BETWEEN 0 AND 120 THEN anchor_age END"},
                  "count": {"patients_age_outside_0_120": "NOT anchor_age BETWEEN 0 AND 120"}},
-    "labevents": {"set": {"valuenum": "CASE WHEN valuenum >= 0 THEN valuenum END",      # no lab of the study is negative
+    "labevents": {"set": {"valuenum": f"CASE WHEN valuenum >= 0 OR itemid IN {_SIGNED} THEN valuenum END",
                           "ref_range_lower": "CASE WHEN ref_range_lower <= ref_range_upper OR ref_range_upper IS NULL THEN ref_range_lower END",
                           "ref_range_upper": "CASE WHEN ref_range_lower <= ref_range_upper OR ref_range_lower IS NULL THEN ref_range_upper END"},
-                  "count": {"labevents_negative_value": "valuenum < 0", "labevents_reference_low_above_high": "ref_range_lower > ref_range_upper",
+                  "count": {"labevents_negative_value": f"valuenum < 0 AND itemid NOT IN {_SIGNED}",
+                            "labevents_reference_low_above_high": "ref_range_lower > ref_range_upper",
                             "labevents_charttime_missing": "charttime IS NULL"}},
 }
 

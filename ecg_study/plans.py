@@ -186,7 +186,9 @@ def stage_config(cfg: dict | str, seed: int, n_threads: int, data_dir: str, defa
     if isinstance(cfg, str):
         try: cfg = json.loads(cfg)
         except json.JSONDecodeError as e: raise PlanError(f"cfg: not JSON ({e}); pass e.g. -p cfg '{{\"epochs\": 1}}'") from e
-    base = {k: v for k, v in load_plan(defaults_plan)["defaults"].items() if k != "seeds"} if defaults_plan else {}
+    # only the plan's [defaults] are read: its cohorts (and their ${VAR} paths) do not matter here
+    base = tomllib.loads(plan_path(defaults_plan).read_text()).get("defaults", {}) if defaults_plan else {}
+    base = {k: v for k, v in base.items() if k != "seeds"}
     cfg = {**base, **cfg}
     bad = _check_keys("cfg", cfg, train_config_types())
     if bad: raise PlanError("; ".join(bad))

@@ -401,11 +401,11 @@ def claims_summary(plan_dir: Path) -> str:
 
 VERSIONS = ("ecg_study", "torch", "lightning", "numpy", "pandas", "scikit-learn", "wfdb", "neurokit2", "duckdb", "papermill")
 MODEL_KEYS = ("d_model", "n_layers", "d_state", "projector_dims", "lambd", "batch_size", "pretrain_batch_size", "epochs",
-              "patience", "min_epochs", "lr", "lr_decay", "freeze_depth", "crossfit")
+              "patience", "lr", "freeze_depth", "crossfit")
 
 def _commit() -> str:
     import subprocess
-    try: return subprocess.run(["git", "-C", str(PACKAGE_DIR.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
+    try: return subprocess.run(["git", "-C", str(PACKAGE_DIR.parent), "describe", "--always", "--dirty"], capture_output=True,
                                text=True, timeout=10).stdout.strip() or "not a git checkout"
     except (OSError, subprocess.SubprocessError): return "git not found"
 
@@ -451,8 +451,10 @@ def write_index(plan_dir: Path, plan: dict, results: list[StepResult], plan_file
     "Write `index.html` (+ copy the evaluate stage's results) for a plan's report folder."
     import html
     ev = plan_dir / "evaluate"
+    evaluated = any(r.stage == "evaluate" and r.status in ("ok", "skipped") for r in results)   # never an earlier run's claims
     for f in ("results.md", "results.csv", "results.tex", "claims.csv", "oracle.csv", "convergence.csv"):
-        if (ev / f).exists(): shutil.copy(ev / f, plan_dir / f)
+        (plan_dir / f).unlink(missing_ok=True)
+        if evaluated and (ev / f).exists(): shutil.copy(ev / f, plan_dir / f)
     rows = []
     for r in results:
         nb = plan_dir / r.name / f"{r.stage}.html"

@@ -360,8 +360,11 @@ def test_quality_rules_drop_or_blank_and_count(tmp_path):
     le = pd.read_csv(raw / "hosp" / "labevents.csv.gz")
     bad = le[le.subject_id == f0].iloc[:1].copy()
     le = pd.concat([le, bad.assign(valuenum=-4.0, value="-4.0", charttime=t(5)),                # negative potassium
-                    bad.assign(ref_range_lower=6.0, ref_range_upper=3.0)])                     # low above high
+                    bad.assign(ref_range_lower=6.0, ref_range_upper=3.0),                      # low above high
+                    bad.assign(itemid=50802, valuenum=-6.0, value="-6.0")])                    # base excess may be negative
     gz(le, raw / "hosp" / "labevents.csv.gz")
+    li = pd.read_csv(raw / "hosp" / "d_labitems.csv.gz")
+    gz(pd.concat([li, pd.DataFrame([dict(itemid=50802, label="Base Excess", fluid="Blood", category="Blood Gas")])]), raw / "hosp" / "d_labitems.csv.gz")
     pa = pd.read_csv(raw / "hosp" / "patients.csv.gz"); pa.loc[pa.subject_id == f1, "anchor_age"] = 130; gz(pa, raw / "hosp" / "patients.csv.gz")
     rl = pd.read_csv(raw / "ecg" / "record_list.csv")
     rl = pd.concat([rl, rl[rl.subject_id == f2].assign(path="files/p9999/p9999/s1/1")])          # one study, two waveforms
@@ -375,6 +378,8 @@ def test_quality_rules_drop_or_blank_and_count(tmp_path):
     m = prepare("synthetic", raw, tmp_path / "ds", min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
     q, cohort = m["quality"], read_prepared(tmp_path / "ds")[0]
     assert q["labevents_negative_value"] == 1 and q["labevents_reference_low_above_high"] == 1
+    be = [c for c in cohort if c.startswith("labvalues_base_excess")]
+    assert be and (cohort.loc[cohort.subject_id == f0, be].min(axis=1) < 0).all()           # kept as measured
     assert q["patients_age_outside_0_120"] == 1 and cohort.loc[cohort.subject_id == f1, "demographics_age"].isna().all()
     assert q["record_list_duplicate_study_id"] == 2 and f2 not in set(cohort.subject_id)
     assert q["edstays_intime_missing"] == 1 and f3 not in set(cohort.subject_id)
