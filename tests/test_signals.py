@@ -335,3 +335,11 @@ def test_a_full_disk_is_refused_before_the_memmap(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"full\.npy: needs 0\.1 MB, only 0\.0 MB free"):
         write_signals(paths, tmp_path / "full.npy", n_jobs=1, progress=False)
     assert not (tmp_path / "full.npy").exists()
+
+def test_mains_hum_does_not_fold_into_the_100_hz_signal(tmp_path):
+    "500 → 100 Hz is anti-aliased: 60 Hz hum (above the 50 Hz Nyquist) is filtered, not folded to 40 Hz at full size."
+    t = np.arange(5000) / 500
+    clean = ecg_like(5000, 500, seed=2)
+    hum = clean + 0.5 * np.sin(2 * np.pi * 60 * t)[:, None]
+    a, b = prepare_record(write(tmp_path, "clean", clean)), prepare_record(write(tmp_path, "hum", hum))
+    assert np.abs(a - b)[50:-50].max() < 0.02          # plain decimation would leave a 0.5 mV, 40 Hz wave
