@@ -54,7 +54,10 @@ ECG_TABLE = ("record_list", {"subject_id": "BIGINT", "study_id": "BIGINT", "file
 # %% ../nbs/03_cohort.ipynb #8175d1ed
 # Values no source should hold: each rule keeps a row out, or blanks a value, and is counted in the manifest
 # ("quality"). Timestamps that do not parse are NULL already (TRY_CAST); they are counted where a row then drops out.
-_SIGNED = f"({', '.join(str(l.itemid) for l in LABS if l.label == 'Base Excess')})"   # the one lab of the study that may be negative
+_q = lambda s: "'" + s.replace("'", "''") + "'"
+# the study's labs, but base excess (the one that may be negative): a negative value of one of them is an error
+_NEGATIVE = ("valuenum < 0 AND itemid IN (SELECT itemid FROM d_labitems WHERE label IN "
+             f"({', '.join(_q(l.label) for l in LABS if l.label != 'Base Excess')}))")
 _DUP = "study_id IN (SELECT study_id FROM raw_record_list WHERE study_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1)"
 QUALITY_RULES = {
     "record_list": {"keep": f"NOT coalesce({_DUP}, false)",   # two rows of one study: which waveform is it? neither
@@ -63,10 +66,10 @@ QUALITY_RULES = {
     "vitalsign": {"count": {"vitalsign_charttime_missing": "charttime IS NULL"}},
     "patients": {"set": {"anchor_age": "CASE WHEN anchor_age BETWEEN 0 AND 120 THEN anchor_age END"},
                  "count": {"patients_age_outside_0_120": "NOT anchor_age BETWEEN 0 AND 120"}},
-    "labevents": {"set": {"valuenum": f"CASE WHEN valuenum >= 0 OR itemid IN {_SIGNED} THEN valuenum END",
+    "labevents": {"set": {"valuenum": f"CASE WHEN NOT coalesce({_NEGATIVE}, false) THEN valuenum END",
                           "ref_range_lower": "CASE WHEN ref_range_lower <= ref_range_upper OR ref_range_upper IS NULL THEN ref_range_lower END",
                           "ref_range_upper": "CASE WHEN ref_range_lower <= ref_range_upper OR ref_range_lower IS NULL THEN ref_range_upper END"},
-                  "count": {"labevents_negative_value": f"valuenum < 0 AND itemid NOT IN {_SIGNED}",
+                  "count": {"labevents_negative_value": _NEGATIVE,
                             "labevents_reference_low_above_high": "ref_range_lower > ref_range_upper",
                             "labevents_charttime_missing": "charttime IS NULL"}},
 }

@@ -97,6 +97,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and distributed()): return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
+        x = x.float()    # statistics in float32, as BatchNorm under autocast
         n = all_reduce(torch.tensor(float(len(x)), device=x.device))
         mean = all_reduce(x.sum(0)) / n
         var = all_reduce(((x - mean) ** 2).sum(0)) / n

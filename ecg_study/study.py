@@ -487,6 +487,7 @@ def run_plan(plan: str | Path = "quick", force: bool = False, only: list[str] | 
              reports: Path | None = None) -> int:
     "Execute a plan into `reports/<plan>/`; print the time per stage; return 0, or 1 if any step failed."
     spec = load_plan(plan)      # every problem of the plan, before any compute or file
+    plan = plan_path(plan).resolve()     # a relative plan path: read before the steps change the directory
     steps = expand_plan(spec)
     select_steps(steps, only)   # an unknown --only name, too
     plan_dir = Path(reports or "reports").resolve() / spec["name"]      # reports/ (and data/ beside it) in the working directory
@@ -496,7 +497,9 @@ def run_plan(plan: str | Path = "quick", force: bool = False, only: list[str] | 
     os.environ.setdefault("PYTHONPATH", str(PACKAGE_DIR.parent))   # the kernels import the package this runner imported
     os.environ.pop("MPLBACKEND", None)   # the stage kernels draw inline: Agg would leave every notebook without its plots
     t0 = time.time()
-    results = schedule(steps, plan_dir, force=force, only=only, parallel=parallel, n_threads=n_threads)
+    cwd = os.getcwd()
+    try: results = schedule(steps, plan_dir, force=force, only=only, parallel=parallel, n_threads=n_threads)
+    finally: os.chdir(cwd)      # papermill's cwd= changes the process's directory, and parallel steps race on it
     shutil.copy(plan_path(plan), plan_dir / "plan.toml")     # the plan as run, beside its report
     write_index(plan_dir, spec, results, plan_path(plan))
     print(f"\nTime per stage (plan {spec['name']}, wall {time.time() - t0:.0f} s):\n{timing_table(results, parallel)}")
