@@ -395,8 +395,11 @@ def claims_summary(plan_dir: Path) -> str:
     import pandas as pd
     p = plan_dir / "claims.csv"
     if not p.exists(): return "\nNo claims.csv (the evaluate stage did not finish)."
-    lines = [f"  {r.claim:4s} {r.verdict:13s} {r.estimate:+.3f} ({r.ci_low:+.3f} to {r.ci_high:+.3f}), MDE {r.mde:.3f}  {r.statement}"
-             if pd.notna(r.estimate) else f"  {r.claim:4s} {r.verdict:13s} {r.statement}" for r in pd.read_csv(p).itertuples()]
+    def line(r):
+        if pd.isna(r.estimate): return f"  {r.claim:4s} {r.verdict:13s} {r.statement}"
+        f = "{:.3f}" if getattr(r, "kind", "") == "level" else "{:+.3f}"      # a level is an AUROC, not a difference
+        return f"  {r.claim:4s} {r.verdict:13s} {f.format(r.estimate)} ({f.format(r.ci_low)} to {f.format(r.ci_high)}), MDE {r.mde:.3f}  {r.statement}"
+    lines = [line(r) for r in pd.read_csv(p).itertuples()]
     return "\nClaims:\n" + "\n".join(lines)
 
 VERSIONS = ("ecg_study", "torch", "lightning", "numpy", "pandas", "scikit-learn", "wfdb", "neurokit2", "duckdb", "papermill")
