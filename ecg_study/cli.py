@@ -44,11 +44,14 @@ def run_bundle(lab_dir) -> Path:
     m = _json(lab_dir / "metrics.json")
     if m.get("stage") != "finetune_lab":
         raise ValueError(f"{lab_dir}: not a finetune_lab run folder (stage {m.get('stage')!r}) and no bundle.pt in it")
-    dx_dir = lab_dir.parent / m["encoder_step"]
-    newest = max([(d / "checkpoint.pt").stat().st_mtime for d in (lab_dir, dx_dir) if (d / "checkpoint.pt").exists()], default=0)
+    dx_dir, src = lab_dir.parent / m["encoder_step"], lab_dir
+    if (lab_dir / "part0").is_dir():     # cross-fitted: part 0's models (each part's fit is its own model)
+        from ecg_study.run_config import part_path
+        dx_dir, src = part_path(dx_dir, 0), part_path(lab_dir, 0)
+    newest = max([(d / "checkpoint.pt").stat().st_mtime for d in (src, dx_dir) if (d / "checkpoint.pt").exists()], default=0)
     if out.exists() and out.stat().st_mtime >= newest: return out
     data_dir = _json(lab_dir.parent / f"prepare_{m['cohort']}" / "metrics.json")["data_dir"]
-    return make_bundle(dx_dir, lab_dir, data_dir, out)
+    return make_bundle(dx_dir, src, data_dir, out)
 
 def plan_model_dir(plan: str, reports=None) -> Path:
     "The finetune_lab run folder of a plan's headline method model."

@@ -26,8 +26,11 @@ def _r(x) -> float: return round(float(x), 4)
 def _model_info(b: Bundle) -> dict:
     "Which model speaks: its runs, the data it was trained on and how its operating points were chosen."
     src = b.meta.get("sources", {})
-    return {"dx_run": Path(src.get("dx_run", "")).name, "lab_run": Path(src.get("lab_run", "")).name,
-            "plan": Path(src.get("dx_run", "")).parent.name, "trained_on": b.meta.get("counts", {}),
+    def step(p):      # `<plan>/<step>` or, cross-fitted, `<plan>/<step>/part<g>`
+        p = Path(p)
+        return (p.parent, f"{p.parent.name} ({p.name})") if p.name.startswith("part") else (p, p.name)
+    (dx, dx_name), (_, lab_name) = step(src.get("dx_run", "")), step(src.get("lab_run", ""))
+    return {"dx_run": dx_name, "lab_run": lab_name, "plan": dx.parent.name, "trained_on": b.meta.get("counts", {}),
             "data": Path(src.get("data_dir", "")).name, "operating_point": b.meta.get("operating_point", "")}
 
 # %% ../nbs/15_explain.ipynb #356352d2

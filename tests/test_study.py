@@ -223,3 +223,12 @@ def test_index_links_resolve_and_the_pages_render(tiny, tmp_path):
         subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
                         f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
         assert shot.exists() and shot.stat().st_size > 10_000, page
+
+def test_explain_reads_a_cross_fitted_run(tiny, capsys):
+    "`explain --model <finetune_lab run>` of a cross-fitted plan uses part 0's models and names them."
+    from ecg_study.cli import explain_cli
+    root, _, _ = tiny
+    rec = next((root / "data" / "synthetic" / "tiny_synthetic" / "ecg" / "files").rglob("*.hea")).with_suffix("")
+    assert explain_cli([str(rec)], str(root / "reports" / "tiny" / "method_s0_lab")) == 0
+    res = json.loads(capsys.readouterr().out)[0]
+    assert res["error"] is None and res["model"]["dx_run"] == "method_s0_dx (part0)" and res["model"]["plan"] == "tiny"
