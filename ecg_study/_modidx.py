@@ -190,6 +190,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'ecg_study.metrics._curve_area': ('metrics.html#_curve_area', 'ecg_study/metrics.py'),
                                    'ecg_study.metrics._defined': ('metrics.html#_defined', 'ecg_study/metrics.py'),
                                    'ecg_study.metrics._group_counts': ('metrics.html#_group_counts', 'ecg_study/metrics.py'),
+                                   'ecg_study.metrics._icd10cm_codes': ('metrics.html#_icd10cm_codes', 'ecg_study/metrics.py'),
                                    'ecg_study.metrics._icd10cm_titles': ('metrics.html#_icd10cm_titles', 'ecg_study/metrics.py'),
                                    'ecg_study.metrics._icd_mapper': ('metrics.html#_icd_mapper', 'ecg_study/metrics.py'),
                                    'ecg_study.metrics._label_names': ('metrics.html#_label_names', 'ecg_study/metrics.py'),

