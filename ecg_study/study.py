@@ -289,10 +289,9 @@ def _downstream_key(step: Step, key: str, plan_dir: Path) -> str:
     man = _manifest(plan_dir, step)
     return _sha(step.params, json.loads(man.read_text()).get("checksums") if man.exists() else None)
 
-def is_current(step: Step, key: str, plan_dir: Path) -> bool:
+def is_current(step: Step, stamp: dict, key: str, plan_dir: Path) -> bool:
     "A step's outputs are there and were made with this key (a `prepare` step's dataset, too: a deleted one is rebuilt)."
-    run_dir, stamp = plan_dir / step.name, read_stamp(plan_dir / step.name)
-    made = stamp.get("key") == key and stamp.get("status") == "ok" and (run_dir / "metrics.json").exists()
+    made = stamp.get("key") == key and stamp.get("status") == "ok" and (plan_dir / step.name / "metrics.json").exists()
     return made and (step.stage != "prepare" or _manifest(plan_dir, step).exists())
 
 # %% ../nbs/12_study.ipynb #93e96471
@@ -356,7 +355,7 @@ def schedule(steps: list[Step], plan_dir: Path, force: bool = False, only: list[
                     s = by_name[name] = replace(s, params={**s.params, "steps": [n for n in s.needs if done[n].status in ("ok", "skipped")]})
                 key, run_dir = key_fn(s, keys, code), plan_dir / name
                 stamp = read_stamp(run_dir)
-                if is_current(s, key, plan_dir) and not (force and name in selected):
+                if is_current(s, stamp, key, plan_dir) and not (force and name in selected):
                     done[name] = StepResult(name, s.stage, s.group, "skipped", stamp.get("seconds", 0.0))
                     keys[name] = _downstream_key(s, key, plan_dir); continue
                 if name not in wanted:
