@@ -140,15 +140,16 @@ def signal_problems(x: np.ndarray, fs: float) -> tuple[list[str], list[str]]:
     "(reasons to skip, reasons to flag) of a read record (samples × 12 mV in `STUDY_LEADS` order), by `QUALITY`."
     skip, flag, q = [], [], QUALITY
     if len(x) < q["seconds"] * fs - 1e-6: skip.append(f"shorter than {q['seconds']:g} s ({len(x) / fs:.2f} s)")
+    finite = np.isfinite(x).any()
     with np.errstate(all="ignore"):
-        lo, hi = np.nanpercentile(x, [0.5, 99.5], axis=0) if np.isfinite(x).any() else (np.zeros(x.shape[1]),) * 2
+        lo, hi = np.nanpercentile(x, [0.5, 99.5], axis=0) if finite else (np.zeros(x.shape[1]),) * 2
     span = hi - lo
     med = float(np.nanmedian(span))
     if not q["span_mv"][0] <= med <= q["span_mv"][1]: skip.append(f"implausible amplitude (median lead range {med:.3g} mV)")
     named = lambda m: ", ".join(np.array(STUDY_LEADS)[m]) if x.shape[1] == len(STUDY_LEADS) else str(np.flatnonzero(m).tolist())
     if (flat := np.nan_to_num(span, nan=0) < q["flat_mv"]).any(): flag.append(f"flat lead ({named(flat)})")
     if (nan := np.isnan(x).mean(0) > q["nan_share"]).any(): flag.append(f"mostly NaN lead ({named(nan)})")
-    at_edge = (np.isclose(x, np.nanmax(x, 0)) | np.isclose(x, np.nanmin(x, 0))).mean(0) if np.isfinite(x).any() else 0 * span
+    at_edge = (np.isclose(x, np.nanmax(x, 0)) | np.isclose(x, np.nanmin(x, 0))).mean(0) if finite else 0 * span
     if (sat := (at_edge > q["saturated_share"]) & ~flat).any(): flag.append(f"saturated ({named(sat)})")
     return skip, flag
 
