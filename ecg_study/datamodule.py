@@ -18,7 +18,7 @@ __all__ = ['PreparedDataModule']
 # %% ../nbs/09b_datamodule.ipynb #f13fda1b
 class PreparedDataModule(L.LightningDataModule):
     "Split, labels, tabular inputs and loaders of one run (`cfg`: crossfit, part, seed, batch size, crop) over a prepared dataset."
-    def __init__(self, data_dir, cfg: TrainConfig, labels_prefix: str | None = None, signals: bool = True,
+    def __init__(self, data_dir, cfg: TrainConfig, labels_prefix: str | tuple[str, ...] | None = None, signals: bool = True,
                  tabular: bool = False, splits=("train", "val", "test"), batch_size: int | None = None):
         super().__init__()
         self.data_dir, self.cfg, self.labels_prefix, self.split_names = Path(data_dir), cfg, labels_prefix, tuple(splits)
@@ -31,8 +31,10 @@ class PreparedDataModule(L.LightningDataModule):
         self.splits = split_indices(data.cohort, self.cfg.crossfit, max(self.cfg.part, 0))
         empty = [k for k, v in self.splits.items() if not len(v)]
         if empty: raise ValueError(f"prepared dataset {data.path}: no records in the {empty} split(s)")
-        self.labels = columns_with_prefix(data.cohort, self.labels_prefix) if self.labels_prefix else []
-        if self.labels_prefix and not self.labels: raise ValueError(f"prepared dataset {data.path}: no {self.labels_prefix}* label columns")
+        prefixes = (self.labels_prefix,) if isinstance(self.labels_prefix, str) else tuple(self.labels_prefix or ())
+        self.labels = [c for p in prefixes for c in columns_with_prefix(data.cohort, p)]   # one prefix after the other
+        missing = [p for p in prefixes if not columns_with_prefix(data.cohort, p)]
+        if missing: raise ValueError(f"prepared dataset {data.path}: no {', '.join(p + '*' for p in missing)} label columns")
         self.y = label_matrix(data.cohort, self.labels) if self.labels else None
         self.preprocessor = TabularPreprocessor(prefixes=self.cfg.tab_prefixes).fit(data.cohort.iloc[self.splits["train"]]) if self.use_tabular else None
         tab = self.preprocessor.transform(data.cohort) if self.use_tabular else None

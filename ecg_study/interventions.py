@@ -16,7 +16,7 @@ from .signals import lead_columns, preprocess
 from .synth.records import regenerate_record
 from .wfdb_write import ADC_GAIN, to_adc
 from .run_config import TrainConfig, load_checkpoint
-from .training import DiagnosisModule, LabModule
+from .training import DiagnosisModule, JointModule, LabModule
 
 # %% auto #0
 __all__ = ['INTERVENTIONS', 'intervened_signals', 'load_head', 'head_logits', 'intervention_signals', 'intervention_signs',
@@ -50,6 +50,8 @@ def load_head(run_dir) -> tuple[torch.nn.Module, list[str]]:
     cfg = TrainConfig.from_dict(ckpt["cfg"])
     if ckpt["stage"] == "finetune_dx": module = DiagnosisModule.build(cfg, len(ckpt["labels"]))
     elif ckpt["stage"] == "finetune_lab": module = LabModule.build(cfg, len(ckpt["labels"]), ckpt["ecg_encoder"])
+    elif ckpt["stage"] == "joint":    # both heads; its labels are the diagnoses, then the lab abnormalities
+        module = JointModule.build(cfg, ckpt["n_dx"], len(ckpt["labels"]) - ckpt["n_dx"], ckpt["n_cont"], ckpt["cat_cardinalities"])
     else: raise ValueError(f"{run_dir}: stage {ckpt['stage']!r} has no ECG-only head to score")
     module.load_state_dict(ckpt["model"])
     return module.eval(), list(ckpt["labels"])

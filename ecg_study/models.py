@@ -9,7 +9,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['Projector', 'MLPHead', 'FusionModel', 'over_windows', 'freeze_encoder', 'distributed', 'gather_batch',
-           'GlobalBatchNorm1d', 'globalize_batchnorm']
+           'GlobalBatchNorm1d', 'globalize_batchnorm', 'weight_drift']
 
 # %% ../nbs/08_models.ipynb #64a57bd7
 def _mlp(d_in: int, dims, bn: bool, dropout: float, last_bias: bool) -> nn.Sequential:
@@ -113,3 +113,10 @@ def globalize_batchnorm(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if type(m) is nn.BatchNorm1d: m.__class__ = GlobalBatchNorm1d
     return module
+
+# %% ../nbs/08_models.ipynb #4d7cabb8
+def weight_drift(state: dict, start: dict) -> float:
+    "‖w − w₀‖ / ‖w₀‖ over the floating-point tensors two state dicts of one architecture share."
+    keys = [k for k, v in start.items() if v.is_floating_point() and k in state]
+    num = sum(float(((state[k].float() - start[k].float()) ** 2).sum()) for k in keys)
+    return (num / max(sum(float((start[k].float() ** 2).sum()) for k in keys), 1e-12)) ** 0.5

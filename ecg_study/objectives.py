@@ -6,9 +6,11 @@
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 # %% auto #0
-__all__ = ['CROSS_MODAL_LOSSES', 'barlow_twins_loss', 'vicreg_loss', 'info_nce_loss', 'cross_modal_loss', 'masked_bce']
+__all__ = ['CROSS_MODAL_LOSSES', 'barlow_twins_loss', 'vicreg_loss', 'info_nce_loss', 'cross_modal_loss', 'masked_bce',
+           'l2sp_penalty', 'feature_distillation', 'uncertainty_weighted']
 
 # %% ../nbs/07_objectives.ipynb #6a562aa2
 def _batch_norm(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -78,3 +80,20 @@ def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None 
     if mask is None: return ce.mean()
     m = mask.to(ce.dtype)
     return (ce * m).sum() / m.sum().clamp_min(1.0)
+
+# %% ../nbs/07_objectives.ipynb #884512c5
+def l2sp_penalty(model: nn.Module, start: nn.Module) -> torch.Tensor:
+    "L2-SP (Li, Grandvalet & Davoine, ICML 2018): Σ‖w − w₀‖² over `model`'s trainable parameters, w₀ those of `start`."
+    w0 = dict(start.named_parameters())
+    return sum(((p.float() - w0[n].float()) ** 2).sum() for n, p in model.named_parameters() if p.requires_grad)
+
+def feature_distillation(h: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """Feature distillation: the batch's mean ‖h − h₀‖² relative to its mean ‖h₀‖², so the weight means the same
+    whatever the embedding's scale (h₀: the starting encoder's embeddings of the same inputs)."""
+    h, h0 = h.float(), h0.float().detach()
+    return ((h - h0) ** 2).sum(1).mean() / (h0 ** 2).sum(1).mean().clamp_min(1e-8)
+
+def uncertainty_weighted(losses: list[torch.Tensor], log_vars: torch.Tensor) -> torch.Tensor:
+    """Σ exp(−sᵢ)·Lᵢ + sᵢ with learnt sᵢ = log σᵢ² (Kendall, Gal & Cipolla, CVPR 2018): each task is weighted by its
+    learnt inverse uncertainty; at the optimum exp(−sᵢ) = 1/Lᵢ, so losses of different scales count alike."""
+    return sum(torch.exp(-s) * l + s for l, s in zip(losses, log_vars))

@@ -25,9 +25,9 @@ def resource_dir(name: str) -> Path:
 STAGES_DIR, PLANS_DIR = resource_dir("stages"), resource_dir("plans")
 
 # %% auto #0
-__all__ = ['PACKAGE_DIR', 'STAGES_DIR', 'PLANS_DIR', 'PLAN_KEYS', 'RUN_KEYS', 'RUNNER_SET', 'resource_dir', 'PlanError',
-           'plan_path', 'run_seeds', 'run_tag', 'train_config_types', 'stage_parameters', 'validate_plan', 'load_plan',
-           'stage_config']
+__all__ = ['PACKAGE_DIR', 'STAGES_DIR', 'PLANS_DIR', 'PLAN_KEYS', 'RUN_KEYS', 'RUN_KINDS', 'RUNNER_SET', 'resource_dir',
+           'PlanError', 'plan_path', 'run_seeds', 'run_tag', 'train_config_types', 'stage_parameters',
+           'intervene_claims', 'validate_plan', 'load_plan', 'stage_config']
 
 # %% ../nbs/12a_plans.ipynb #189274d8
 class PlanError(ValueError):
@@ -84,6 +84,7 @@ def stage_parameters(stage: str | Path) -> dict[str, str]:
 PLAN_KEYS = ("name", "description", "parallel", "cohorts", "defaults", "runs", "claims", "explain", "intervene", "realism", "evaluate")
 RUN_KEYS = {"name": "str", "kind": "str", "seeds": "list", "cohort": "str", "model": "str", "pretrain": "bool",   # the keys of a run itself, with their types
             "encoder_from": "str", "lab": "bool", "about": "str"}
+RUN_KINDS = ("method", "supervised", "joint")   # three stages in sequence; one baseline fit; one fit of all three objectives
 RUNNER_SET = ("cohort", "data_dir", "raw_dir", "run_dir", "plan_dir", "n_threads", "steps", "plan", "models")  # set by the study, not the plan
 
 def _check_keys(where: str, table: dict, types: dict[str, str], extra=()) -> list[str]:
@@ -111,7 +112,7 @@ def _check_runs(spec: dict, cfg_types: dict) -> list[str]:
     for i, r in enumerate(runs):
         where = f"[[runs]] {r.get('name', f'#{i + 1}')}"
         if "name" not in r: out.append(f"{where}: no name")
-        if r.get("kind") not in ("method", "supervised"): out.append(f"{where}: kind = {r.get('kind')!r}: use 'method' or 'supervised'")
+        if r.get("kind") not in RUN_KINDS: out.append(f"{where}: kind = {r.get('kind')!r}: use one of {', '.join(RUN_KINDS)}")
         out += _check_keys(where, r, cfg_types | RUN_KEYS)
         if r.get("cohort", "synthetic") not in spec.get("cohorts", {}):
             out.append(f"{where}: cohort {r.get('cohort', 'synthetic')!r} is not a [cohorts.*] table")
@@ -122,6 +123,10 @@ def _check_runs(spec: dict, cfg_types: dict) -> list[str]:
     return out
 
 # %% ../nbs/12a_plans.ipynb #ca26ceb2
+def intervene_claims(section: dict) -> list[dict]:
+    "The claims an `[intervene]` section decides: its `claim` table and its `claims` list."
+    return ([section["claim"]] if section.get("claim") else []) + list(section.get("claims", []))
+
 def _check_claims(spec: dict) -> list[str]:
     from ecg_study.claims import Claim
     runs = {(r.get("cohort", "synthetic"), r.get("model", r.get("name"))) for r in spec.get("runs", [])}
@@ -129,8 +134,8 @@ def _check_claims(spec: dict) -> list[str]:
     for d in spec.get("claims", []):
         where = f"[[claims]] {d.get('id', '?')}"
         if "stage" in d:    # a claim decided by a stage of its own ([intervene] claim = {...})
-            if d["stage"] != "intervene" or spec.get("intervene", {}).get("claim", {}).get("id") != d.get("id"):
-                out.append(f"{where}: stage = {d['stage']!r} must be 'intervene' with [intervene] claim.id = {d.get('id')!r}")
+            if d["stage"] != "intervene" or d.get("id") not in {c.get("id") for c in intervene_claims(spec.get("intervene", {}))}:
+                out.append(f"{where}: stage = {d['stage']!r} must be 'intervene' with an [intervene] claim of id {d.get('id')!r}")
             continue
         try: c = Claim.from_dict(d)
         except (KeyError, ValueError, TypeError) as e: out.append(f"{where}: {e}"); continue
@@ -144,6 +149,9 @@ def _check_sections(spec: dict) -> list[str]:
             out += _check_keys(f"[{section}]", spec[section], stage_parameters(stage), extra=("runs",))
     for section in ("explain", "intervene"):
         out += [f"[{section}] runs: {n!r} is not a run" for n in spec.get(section, {}).get("runs", []) if n not in runs]
+    iv = spec.get("intervene", {})
+    out += [f"[intervene] claim {c.get('id')}: {c.get(k)!r} is not one of [intervene] runs" for c in intervene_claims(iv)
+            for k in ("a", "b") if c.get(k) not in iv.get("runs", [])]
     for section in ("realism", "intervene"):
         co = spec.get(section, {}).get("cohort")
         if co is not None and co not in spec.get("cohorts", {}): out.append(f"[{section}] cohort {co!r} is not a [cohorts.*] table")

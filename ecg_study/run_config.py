@@ -20,10 +20,12 @@ from .tabular import TabularEncoder
 log = get_logger("ecg_study.run_config")
 
 # %% auto #0
-__all__ = ['log', 'BASELINES', 'TrainConfig', 'make_ecg_encoder', 'make_tab_encoder', 'part_path', 'load_checkpoint',
-           'load_predictions', 'read_logs']
+__all__ = ['log', 'REGULARIZERS', 'BASELINES', 'TrainConfig', 'make_ecg_encoder', 'make_tab_encoder', 'part_path',
+           'load_checkpoint', 'load_predictions', 'read_logs']
 
 # %% ../nbs/09a_run_config.ipynb #921bd968
+REGULARIZERS = ("none", "l2sp", "distill")   # what keeps a wholly fine-tuned encoder near its pre-training
+
 @dataclass
 class TrainConfig:
     "Hyper-parameters and runtime settings of one training run."
@@ -48,6 +50,9 @@ class TrainConfig:
     focal: bool = False                 # focal BCE (MDS-ED) instead of BCE (paper)
     focal_gamma: float = 2.0
     head_hidden: tuple[int, ...] = ()   # hidden widths of the heads (empty: linear head)
+    # stage 2 without freezing (beyond the paper): a pull of the encoder towards the pre-trained one
+    regularizer: str = "none"           # none | l2sp (Σ‖w − w₀‖², Li et al. 2018) | distill (‖h − h₀‖² / ‖h₀‖² on the batch)
+    reg_weight: float = 0.0             # the pull's weight (α of L2-SP, γ of distillation)
     # evaluation protocol: 0 = the paper's fixed folds; K ≥ 2 = cross-fitting over K parts (`datasets.split_folds`)
     crossfit: int = 0
     part: int = -1                      # the cross-fitting part one fit trains (-1: every part, one after the other)
@@ -84,6 +89,11 @@ class TrainConfig:
         if self.loss == "infonce": self.loss = "info_nce"
         if self.loss not in CROSS_MODAL_LOSSES:
             raise ValueError(f"TrainConfig.loss: unknown objective {self.loss!r} (one of {CROSS_MODAL_LOSSES})")
+        if self.regularizer not in REGULARIZERS:
+            raise ValueError(f"TrainConfig.regularizer: {self.regularizer!r} is not one of {REGULARIZERS}")
+        if (self.regularizer == "none") != (self.reg_weight == 0):
+            raise ValueError(f"TrainConfig: regularizer {self.regularizer!r} with reg_weight {self.reg_weight}: "
+                             "a pull needs a weight > 0, and a weight needs a pull")
 
     def to_dict(self) -> dict:
         "JSON-ready dict."

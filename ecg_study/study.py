@@ -16,11 +16,11 @@ from traitlets import default
 log = get_logger("ecg_study.study")
 
 # %% auto #0
-__all__ = ['log', 'CREDENTIALED', 'VERSIONS', 'MODEL_KEYS', 'Step', 'code_hash', 'step_key', 'expand_plan', 'PrivacyError',
-           'cell_output_text', 'privacy_check', 'withhold_errors', 'cohort_identifiers', 'StepResult', 'render_html',
-           'step_paths', 'IPCKernelManager', 'stage_params', 'execute_step', 'read_stamp', 'is_current', 'select_steps',
-           'schedule', 'timing_table', 'claims_summary', 'about_html', 'write_index', 'run_plan', 'write_metrics',
-           'stage_runs']
+__all__ = ['log', 'HEAD_STAGES', 'CREDENTIALED', 'VERSIONS', 'MODEL_KEYS', 'Step', 'code_hash', 'step_key', 'expand_plan',
+           'PrivacyError', 'cell_output_text', 'privacy_check', 'withhold_errors', 'cohort_identifiers', 'StepResult',
+           'render_html', 'step_paths', 'IPCKernelManager', 'stage_params', 'execute_step', 'read_stamp', 'is_current',
+           'select_steps', 'schedule', 'timing_table', 'claims_summary', 'about_html', 'write_index', 'run_plan',
+           'write_metrics', 'stage_runs']
 
 # %% ../nbs/12_study.ipynb #55383117
 @dataclass
@@ -57,6 +57,8 @@ def step_key(step: Step, upstream: dict[str, str], code: str) -> str:
     return _sha(nb, step.params, [upstream.get(n, "failed") for n in step.needs], code, src)
 
 # %% ../nbs/12_study.ipynb #5187f101
+HEAD_STAGES = ("finetune_dx", "finetune_lab", "baselines", "joint")   # the stages whose steps hold trained prediction heads
+
 def _cohort_steps(plan: dict) -> list[Step]:
     # `${VAR}` in a cohort's settings: credentialed data paths stay out of the plan file
     expand = lambda v: os.path.expandvars(v) if isinstance(v, str) else v
@@ -83,10 +85,10 @@ def _run_steps(run: dict, plan: dict) -> list[Step]:
             steps.append(Step(dx, "finetune_dx", {**base, "cfg": c, "encoder_step": pre}, [pre] if pre else data, name))
             if run.get("lab", True):
                 steps.append(Step(f"{tag}_lab", "finetune_lab", {**base, "cfg": c, "encoder_step": dx}, [dx], name))
-        elif run["kind"] == "supervised":
-            steps.append(Step(tag, "baselines", {**base, "cfg": c}, data, name))
+        elif run["kind"] in ("supervised", "joint"):     # one step: a baseline, or the joint fit of both heads
+            steps.append(Step(tag, "baselines" if run["kind"] == "supervised" else "joint", {**base, "cfg": c}, data, name))
         else:
-            raise ValueError(f"run {name!r}: unknown kind {run['kind']!r} (method | supervised)")
+            raise ValueError(f"run {name!r}: unknown kind {run['kind']!r} (method | supervised | joint)")
     return steps
 
 # %% ../nbs/12_study.ipynb #46c9d381
@@ -105,7 +107,7 @@ def _intervene_steps(plan: dict, steps: list[Step]) -> list[Step]:
     "The `intervene` step: every trained head (all seeds) of the runs named in `[intervene] runs`."
     spec = dict(plan.get("intervene", {}))
     if not spec: return []
-    heads = {r: [s.name for s in steps if s.group == r and s.stage in ("finetune_dx", "finetune_lab", "baselines")]
+    heads = {r: [s.name for s in steps if s.group == r and s.stage in HEAD_STAGES]
              for r in spec.pop("runs")}
     missing = [r for r, ss in heads.items() if not ss]
     if missing: raise ValueError(f"[intervene] runs {missing} are not runs of the plan")
@@ -121,7 +123,7 @@ def expand_plan(plan: dict) -> list[Step]:
     if "realism" in plan:   # the simulator against real ECGs: needs only the prepared cohort
         r = plan["realism"]; c = r.get("cohort", "synthetic")
         steps.append(Step(f"realism_{c}", "realism", {**r, "cohort": c}, [f"prepare_{c}"], "realism"))
-    trained = [s.name for s in steps if s.stage in ("finetune_dx", "finetune_lab", "baselines", "explain_eval", "intervene", "realism")]
+    trained = [s.name for s in steps if s.stage in HEAD_STAGES + ("explain_eval", "intervene", "realism")]
     # evaluate and figures report whatever finished: one failed run must not hide the others
     ev = Step("evaluate", "evaluate", {"plan": plan["name"], "claims": plan.get("claims", []), **plan.get("evaluate", {})},
               trained, "evaluate", soft=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_training.ipynb #36eb6f51
 from __future__ import annotations
-import contextlib, hashlib, json, logging, re, shutil, time, warnings
+import contextlib, copy, hashlib, json, logging, re, shutil, time, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -18,8 +18,9 @@ from .core import get_logger
 from .datamodule import PreparedDataModule
 from .datasets import DX_PREFIX, LAB_PREFIX
 from .metrics import macro_auroc
-from .models import FusionModel, MLPHead, Projector, freeze_encoder, gather_batch, globalize_batchnorm, over_windows
-from .objectives import cross_modal_loss, masked_bce
+from .models import (FusionModel, MLPHead, Projector, freeze_encoder, gather_batch, globalize_batchnorm, over_windows,
+                              weight_drift)
+from .objectives import cross_modal_loss, feature_distillation, l2sp_penalty, masked_bce, uncertainty_weighted
 from .run_config import (BASELINES, TrainConfig, load_checkpoint, load_predictions, make_ecg_encoder, make_tab_encoder,
                                   part_path)
 from .s4 import ssm_parameter_groups
@@ -28,10 +29,10 @@ from torch import nn
 log = get_logger("ecg_study.training")
 
 # %% auto #0
-__all__ = ['log', 'RUNTIME_FIELDS', 'embedding_std', 'PretrainModule', 'DiagnosisModule', 'LabModule', 'FusionModule',
-           'TabularModule', 'EpochSync', 'resolve_precision', 'make_trainer', 'run_fingerprint', 'predict',
-           'save_predictions', 'open_run', 'close_run', 'pool_predictions', 'pretrain', 'finetune_dx', 'finetune_lab',
-           'train_baseline']
+__all__ = ['log', 'RUNTIME_FIELDS', 'embedding_std', 'cross_modal_objective', 'projectors', 'PretrainModule', 'DiagnosisModule',
+           'LabModule', 'FusionModule', 'TabularModule', 'JointModule', 'EpochSync', 'resolve_precision',
+           'make_trainer', 'run_fingerprint', 'predict', 'save_predictions', 'open_run', 'close_run',
+           'pool_predictions', 'pretrain', 'finetune_dx', 'finetune_lab', 'train_baseline', 'train_joint']
 
 # %% ../nbs/10_training.ipynb #9cb70d5a
 def _tab(batch: dict) -> tuple[torch.Tensor, ...] | None:
@@ -56,7 +57,10 @@ class _Stage(L.LightningModule):
 
 # %% ../nbs/10_training.ipynb #a7733e84
 class _Supervised(_Stage):
-    "Multi-label training with masked (focal) BCE; records scored as the mean over their windows."
+    """Multi-label training with masked (focal) BCE; records scored as the mean over their windows. `outputs`: the
+    prediction files a fit writes (file prefix → its label columns); validation selects on the first one's columns."""
+    outputs = {"": slice(None)}
+
     def logits(self, x: torch.Tensor | None, tab) -> torch.Tensor: raise NotImplementedError
 
     def record_probs(self, batch: dict) -> torch.Tensor:
@@ -65,16 +69,26 @@ class _Supervised(_Stage):
         if x is None or x.dim() == 3: return torch.sigmoid(self.logits(x, tab).float())
         return over_windows(lambda w: torch.sigmoid(self.logits(w, _repeat(tab, x.shape[1])).float()), x)
 
+    def bce(self, logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_bce(logits, y, mask, self.cfg.focal_gamma if self.cfg.focal else 0.0)
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        "The training loss (`loss`) and the parts logged beside it."
+        return {"loss": self.bce(self.logits(batch.get("x"), _tab(batch)), batch["y"], batch["y_mask"])}
+
+    def on_fit_start(self): self.nonfinite_steps = 0
+
     def training_step(self, batch, batch_idx):
-        loss = masked_bce(self.logits(batch.get("x"), _tab(batch)), batch["y"], batch["y_mask"],
-                          self.cfg.focal_gamma if self.cfg.focal else 0.0)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=len(batch["y"]))
-        return loss
+        parts = self.losses(batch)
+        self.nonfinite_steps += int(not torch.isfinite(parts["loss"]))    # divergences, reported in the summary
+        self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True, batch_size=len(batch["y"]))
+        return parts["loss"]
 
     def on_validation_epoch_start(self): self._val = []
 
     def validation_step(self, batch, batch_idx):
-        self._val.append((batch["row"], self.record_probs(batch), batch["y"], batch["y_mask"]))
+        k = next(iter(self.outputs.values()))
+        self._val.append((batch["row"], self.record_probs(batch)[:, k], batch["y"][:, k], batch["y_mask"][:, k]))
 
     def on_validation_epoch_end(self):
         row, p, y, m = (torch.cat(t) for t in zip(*self._val))
@@ -98,6 +112,17 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
     "Mean over dimensions of the std of L2-normalised embeddings (collapse monitor)."
     return F.normalize(z.float(), dim=1).std(0).mean()
 
+def cross_modal_objective(cfg: TrainConfig, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
+    "`cfg`'s cross-modal loss of the ECG and tabular projections (B, D), its parts and the collapse monitor."
+    kw = ({"lambd": cfg.lambd} if cfg.loss == "barlow_twins" else {}) | cfg.loss_kwargs
+    with torch.autocast(z1.device.type, enabled=False):   # a D×D correlation needs float32
+        loss, parts = cross_modal_loss(cfg.loss, z1.float(), z2.float(), **kw)
+    return {"loss": loss, **parts, "emb_std": embedding_std(z1).detach()}
+
+def projectors(cfg: TrainConfig, tab: nn.Module) -> tuple[Projector, Projector]:
+    "The ECG and tabular projectors of `cfg`'s widths."
+    return Projector(cfg.d_model, list(cfg.projector_dims)), Projector(tab.out_dim, list(cfg.projector_dims))
+
 # %% ../nbs/10_training.ipynb #d9ab047d
 class PretrainModule(_Stage):
     "S4 ECG encoder + tabular encoder + their projectors, trained with a cross-modal objective."
@@ -110,13 +135,10 @@ class PretrainModule(_Stage):
     def build(cls, cfg: TrainConfig, n_cont: int, cat_cardinalities: list[int]) -> "PretrainModule":
         "Fresh encoders and projectors of `cfg`'s sizes; built in this order, a seed fixes the initial weights."
         ecg, tab = make_ecg_encoder(cfg), make_tab_encoder(cfg, n_cont, cat_cardinalities)
-        return cls(cfg, ecg, tab, Projector(cfg.d_model, list(cfg.projector_dims)), Projector(tab.out_dim, list(cfg.projector_dims)))
+        return cls(cfg, ecg, tab, *projectors(cfg, tab))
 
     def objective(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
-        kw = ({"lambd": self.cfg.lambd} if self.cfg.loss == "barlow_twins" else {}) | self.cfg.loss_kwargs
-        with torch.autocast(z1.device.type, enabled=False):   # a D×D correlation needs float32
-            loss, parts = cross_modal_loss(self.cfg.loss, z1.float(), z2.float(), **kw)
-        return {"loss": loss, **parts, "emb_std": embedding_std(z1).detach()}
+        return cross_modal_objective(self.cfg, z1, z2)
 
     def project(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         "ECG and tabular projections; evaluation windows are averaged in the encoder space."
@@ -152,11 +174,28 @@ def _encoder(cfg: TrainConfig, state: dict | None) -> nn.Module:
     return ecg
 
 class DiagnosisModule(_Supervised):
-    "ECG encoder (pre-trained or random) frozen to a depth + diagnosis head Ψy."
+    """ECG encoder (pre-trained or random) frozen to a depth + diagnosis head Ψy; `cfg.regularizer` pulls the
+    trained layers towards the encoder it started from (L2-SP on the weights, or distillation of its embeddings)."""
     def __init__(self, cfg: TrainConfig, ecg: nn.Module, head: nn.Module, freeze_depth: int = 0):
         super().__init__(cfg)
+        # the starting encoder, frozen, as a plain attribute: outside state_dict, optimiser and checkpoints
+        self._start = [copy.deepcopy(ecg).eval().requires_grad_(False)] if cfg.regularizer != "none" else []
         self.ecg, self.head = ecg, head
         freeze_encoder(self.ecg, freeze_depth)
+
+    def on_fit_start(self):
+        super().on_fit_start()
+        if self._start: self._start[0].to(self.device)
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        x = batch["x"]
+        h = self.ecg(x)
+        parts = {"bce": self.bce(self.head(h), batch["y"], batch["y_mask"])}
+        if self.cfg.regularizer == "l2sp": parts["pull"] = l2sp_penalty(self.ecg, self._start[0])
+        elif self.cfg.regularizer == "distill":
+            with torch.no_grad(): h0 = self._start[0](x)
+            parts["pull"] = feature_distillation(h, h0)
+        return {"loss": parts["bce"] + self.cfg.reg_weight * parts.get("pull", 0.0), **parts}
 
     @classmethod
     def build(cls, cfg: TrainConfig, n_out: int, encoder_state: dict | None = None, freeze_depth: int = 0):
@@ -207,6 +246,39 @@ class TabularModule(_Supervised):
         return cls(cfg, tab, MLPHead(tab.out_dim, n_out, hidden=cfg.head_hidden))
 
     def logits(self, x, tab): return self.head(self.tab(*tab))
+
+# %% ../nbs/10_training.ipynb #19ebe7e3
+class JointModule(_Supervised):
+    "ECG and tabular encoders, projectors, diagnosis and lab heads trained together (Barlow Twins + BCE + BCE)."
+    TASKS = ("cross_modal", "dx", "lab")
+
+    def __init__(self, cfg: TrainConfig, ecg, tab, proj_ecg, proj_tab, dx_head: MLPHead, lab_head: MLPHead):
+        super().__init__(cfg)
+        self.ecg, self.tab, self.proj_ecg, self.proj_tab, self.dx_head, self.lab_head = ecg, tab, proj_ecg, proj_tab, dx_head, lab_head
+        self.log_vars = nn.Parameter(torch.zeros(len(self.TASKS)))    # sᵢ = log σᵢ², learnt
+        self.n_dx = dx_head.n_out
+        self.outputs = {"": slice(0, self.n_dx), "lab_": slice(self.n_dx, None)}   # diagnoses select the epoch
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, n_dx: int, n_lab: int, n_cont: int, cat_cardinalities: list[int]) -> "JointModule":
+        ecg, tab = make_ecg_encoder(cfg), make_tab_encoder(cfg, n_cont, cat_cardinalities)
+        return cls(cfg, ecg, tab, *projectors(cfg, tab), MLPHead(cfg.d_model, n_dx, hidden=cfg.head_hidden),
+                   MLPHead(cfg.d_model, n_lab, hidden=cfg.head_hidden))
+
+    def setup(self, stage: str):
+        if self.trainer.world_size > 1: globalize_batchnorm(self)
+
+    def logits(self, x, tab):
+        h = self.ecg(x)
+        return torch.cat([self.dx_head(h), self.lab_head(h)], 1)
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        h, y, m, k = self.ecg(batch["x"]), batch["y"], batch["y_mask"], self.n_dx
+        z = [gather_batch(z) for z in (self.proj_ecg(h), self.proj_tab(self.tab(*_tab(batch))))]   # DDP: the global batch
+        terms = {"cross_modal": cross_modal_objective(self.cfg, *z)["loss"], "dx": self.bce(self.dx_head(h), y[:, :k], m[:, :k]),
+                 "lab": self.bce(self.lab_head(h), y[:, k:], m[:, k:])}
+        weights = {f"weight_{t}": torch.exp(-s).detach() for t, s in zip(self.TASKS, self.log_vars)}
+        return {"loss": uncertainty_weighted([terms[t] for t in self.TASKS], self.log_vars), **terms, **weights}
 
 # %% ../nbs/10_training.ipynb #7c782d62
 class EpochSync(Callback):
@@ -352,12 +424,16 @@ def _encoder_cfg(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
 
 def _test_metrics(module, dm: PreparedDataModule, run_dir, cfg) -> dict:
     "Save validation and test predictions of the (best) module; macro AUROC on the test fold."
+    out = {}
     for split in ("val", "test"):
         rows, p = predict(module, dm.loaders[split], cfg)
-        pred = save_predictions(run_dir, split, rows, p, dm.y, dm.labels, dm.data.cohort)
-    res = macro_auroc(pred["y_true"], pred["y_score"])
-    return {"test_auroc": res["mean_auroc"], "test_auroc_curve": res["curve_auroc"],
-            "test_n_labels": res["n_labels"], "test_n_skipped": res["n_skipped"]}
+        for prefix, cols in module.outputs.items():   # one file per head: `test_predictions.npz`, `lab_test_predictions.npz`
+            pred = save_predictions(run_dir, prefix + split, rows, p[:, cols], dm.y[:, cols], dm.labels[cols], dm.data.cohort)
+            if split == "test":
+                res = macro_auroc(pred["y_true"], pred["y_score"])
+                out |= {f"{prefix}test_auroc": res["mean_auroc"], f"{prefix}test_auroc_curve": res["curve_auroc"],
+                        f"{prefix}test_n_labels": res["n_labels"], f"{prefix}test_n_skipped": res["n_skipped"]}
+    return out
 
 def _val_best(trainer) -> float:
     s = trainer.checkpoint_callback.best_model_score
@@ -398,12 +474,15 @@ def _over_parts(stage, data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -
         kw = {} if encoder_ckpt is None else {"encoder_ckpt": part_path(encoder_ckpt, g)}
         parts.append(stage(data_dir, part_path(run_dir, g), c, **kw))
     summary = {"stage": parts[0]["stage"], "crossfit": cfg.crossfit, "parts": parts,
-               **{k: parts[0][k] for k in ("n_labels", "pretrained", "freeze_depth") if k in parts[0]}}
-    if (part_path(run_dir, 0) / "test_predictions.npz").exists():
-        pred = pool_predictions(run_dir, cfg.crossfit)
+               **{k: parts[0][k] for k in ("n_labels", "pretrained", "freeze_depth", "regularizer") if k in parts[0]},
+               **{k: [p[k] for p in parts] for k in parts[0] if k in ("encoder_drift", "nonfinite_steps") or k.startswith("weight_")}}
+    for prefix in ("", "lab_"):     # every head's predictions (a joint fit has two files)
+        if not (part_path(run_dir, 0) / f"{prefix}test_predictions.npz").exists(): continue
+        pred = pool_predictions(run_dir, cfg.crossfit, f"{prefix}test")
         res = macro_auroc(pred["y_true"], pred["y_score"])
-        summary.update(test_auroc=res["mean_auroc"], test_auroc_curve=res["curve_auroc"], test_n_labels=res["n_labels"],
-                       test_n_skipped=res["n_skipped"], n_test_records=len(pred["rows"]))
+        summary.update({f"{prefix}test_auroc": res["mean_auroc"], f"{prefix}test_auroc_curve": res["curve_auroc"],
+                        f"{prefix}test_n_labels": res["n_labels"], f"{prefix}test_n_skipped": res["n_skipped"]})
+        summary.setdefault("n_test_records", len(pred["rows"]))
     if rank_zero_only.rank == 0: (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     return close_run(run_dir, summary, t0)
 
@@ -425,9 +504,10 @@ def pretrain(data_dir, run_dir, cfg: TrainConfig) -> dict:
     return close_run(run_dir, {"stage": "pretrain", **_last_metrics(trainer), **_epochs(trainer, best), "val_loss_best": _val_best(trainer)}, t0)
 
 # %% ../nbs/10_training.ipynb #27f6402d
-def _supervised(build, dm: PreparedDataModule, run_dir, cfg: TrainConfig, stage: str, extra: dict | None = None) -> dict:
+def _supervised(build, dm: PreparedDataModule, run_dir, cfg: TrainConfig, stage: str, extra: dict | None = None,
+                measure=None) -> dict:
     """Shared body of the supervised stages: data, the module `build(dm)` makes for it, fit, best checkpoint,
-    checkpoint.pt, test predictions."""
+    checkpoint.pt, test predictions; `measure(module)` adds figures of the trained module to the summary."""
     run_dir, t0 = open_run(run_dir, cfg, dm)
     module = build(dm)
     with _quiet():
@@ -436,11 +516,13 @@ def _supervised(build, dm: PreparedDataModule, run_dir, cfg: TrainConfig, stage:
         test = _test_metrics(module, dm, run_dir, cfg)
     labels = dm.labels
     state = {"stage": stage, "cfg": cfg.to_dict(), "labels": labels, "model": module.state_dict(),
-             "tab_preprocessor": dm.preprocessor.state_dict() if dm.preprocessor is not None else None}
+             "tab_preprocessor": dm.preprocessor.state_dict() if dm.preprocessor is not None else None,
+             "n_cont": dm.n_cont, "cat_cardinalities": dm.cat_cardinalities, "n_dx": getattr(module, "n_dx", None)}
     if hasattr(module, "ecg"): state["ecg_encoder"] = module.ecg.state_dict()
     _save(state, run_dir / "checkpoint.pt", trainer)
     return close_run(run_dir, {"stage": stage, **(extra or {}), "n_labels": len(labels), **_epochs(trainer, best),
-                             "val_auroc": _val_best(trainer), **test, "best_checkpoint": Path(best).name if best else None}, t0)
+                             "val_auroc": _val_best(trainer), **test, "best_checkpoint": Path(best).name if best else None,
+                             "nonfinite_steps": module.nonfinite_steps, **(measure(module) if measure else {})}, t0)
 
 # %% ../nbs/10_training.ipynb #b225041c
 def finetune_dx(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -> dict:
@@ -450,9 +532,14 @@ def finetune_dx(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -> dict:
     if encoder_ckpt is not None:
         ckpt = load_checkpoint(encoder_ckpt)
         cfg, state = _encoder_cfg(cfg, ckpt), ckpt["ecg_encoder"]
+    elif cfg.regularizer != "none":
+        raise ValueError(f"regularizer {cfg.regularizer!r} pulls towards a pre-trained encoder: give encoder_ckpt")
+    # how far fine-tuning moved the encoder from its pre-trained weights (‖w − w₀‖ / ‖w₀‖)
+    drift = (lambda m: {"encoder_drift": weight_drift(m.ecg.state_dict(), state)}) if state is not None else None
     return _supervised(lambda dm: DiagnosisModule.build(cfg, dm.n_labels, state, cfg.freeze_depth),
                        PreparedDataModule(data_dir, cfg, DX_PREFIX), run_dir, cfg, "finetune_dx",
-                       extra={"pretrained": encoder_ckpt is not None, "freeze_depth": cfg.freeze_depth})
+                       extra={"pretrained": encoder_ckpt is not None, "freeze_depth": cfg.freeze_depth,
+                              "regularizer": cfg.regularizer}, measure=drift)
 
 def finetune_lab(data_dir, run_dir, cfg: TrainConfig, encoder_ckpt) -> dict:
     "Stage 3: lab-abnormality head on the frozen stage-2 ECG encoder (masked BCE)."
@@ -480,3 +567,13 @@ def train_baseline(kind: str, data_dir, run_dir, cfg: TrainConfig) -> dict:
         from ecg_study.trees import train_trees    # trees import this module's run helpers
         return train_trees(data_dir, run_dir, cfg)
     raise ValueError(f"train_baseline: unknown kind {kind!r} (one of {BASELINES})")
+
+# %% ../nbs/10_training.ipynb #0edde680
+def train_joint(data_dir, run_dir, cfg: TrainConfig) -> dict:
+    """Beyond the paper: one fit of `JointModule` on the training folds; its diagnosis predictions go to
+    `test_predictions.npz`, its lab-head predictions to `lab_test_predictions.npz`."""
+    if cfg.crossfit and cfg.part < 0: return _over_parts(train_joint, data_dir, run_dir, cfg)
+    n_dx = lambda dm: sum(l.startswith(DX_PREFIX) for l in dm.labels)
+    return _supervised(lambda dm: JointModule.build(cfg, n_dx(dm), dm.n_labels - n_dx(dm), dm.n_cont, dm.cat_cardinalities),
+                       PreparedDataModule(data_dir, cfg, (DX_PREFIX, LAB_PREFIX), tabular=True, batch_size=cfg.pretrain_batch_size),
+                       run_dir, cfg, "joint", measure=lambda m: {f"weight_{t}": float(torch.exp(-s)) for t, s in zip(m.TASKS, m.log_vars)})

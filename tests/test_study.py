@@ -32,9 +32,10 @@ freeze_depth = 1
 [explain]
 runs = ["method"]
 [intervene]
-runs = ["method", "no_lab"]
+runs = ["method", "no_lab", "joint"]
 n_records = 4
 claim = { id = "C7", statement = "causal", a = "method", b = "no_lab" }
+claims = [{ id = "C10c", statement = "joint more causal", a = "joint", b = "method" }]
 [realism]
 max_per_group = 20
 max_real = 60
@@ -66,6 +67,16 @@ null = 0.5
 [[claims]]
 id = "C7"
 stage = "intervene"
+[[claims]]
+id = "C9b"
+statement = "joint beats the method on labs"
+kind = "difference"
+head = "lab"
+a = "joint"
+b = "method"
+[[claims]]
+id = "C10c"
+stage = "intervene"
 [[runs]]
 name = "method"
 kind = "method"
@@ -76,6 +87,17 @@ kind = "supervised"
 name = "no_lab"
 kind = "method"
 tab_prefixes = ["demographics_", "vitals_"]
+[[runs]]
+name = "l2sp"                    # beyond the paper: the whole pre-trained encoder, pulled towards its start
+kind = "method"
+encoder_from = "method"
+freeze_depth = 0
+regularizer = "l2sp"
+reg_weight = 0.01
+lab = false
+[[runs]]
+name = "joint"
+kind = "joint"
 [[runs]]
 name = "broken"                  # an invalid objective: this run must fail alone
 kind = "supervised"
@@ -106,7 +128,7 @@ def test_tiny_plan_end_to_end(tiny):
     assert json.loads((pd_ / "broken_s0" / "stamp.json").read_text())["status"] == "failed"
     assert (pd_ / "broken_s0" / "baselines.ipynb").exists()          # … keeps its executed notebook with the error
     assert "no_such_loss" in (pd_ / "broken_s0" / "baselines.html").read_text()
-    for step in ("method_s0_pretrain", "method_s0_dx", "method_s0_lab", "method_s0_explain", "ecg_only_s0", "intervene",
+    for step in ("method_s0_pretrain", "method_s0_dx", "method_s0_lab", "method_s0_explain", "ecg_only_s0", "intervene", "joint_s0", "l2sp_s0_dx",
                  "realism_synthetic", "evaluate", "figures"):
         st = json.loads((pd_ / step / "stamp.json").read_text())
         assert st["status"] == "ok", (step, st)                     # … and does not stop the independent runs
@@ -115,11 +137,13 @@ def test_tiny_plan_end_to_end(tiny):
     assert list(res.columns) == ["cohort", "model", "metric", "seed", "value", "ci_low", "ci_high", "n_seeds"]
     got = set(zip(res.model, res.metric))
     assert {("method", "dx_macro_auroc"), ("method", "dx_macro_auroc_distinct"), ("method", "dx_macro_auroc_curve"),
-            ("method", "lab_macro_auroc"), ("ecg_only", "dx_macro_auroc")} <= got
+            ("method", "lab_macro_auroc"), ("ecg_only", "dx_macro_auroc"), ("joint", "dx_macro_auroc"), ("joint", "lab_macro_auroc"),
+            ("l2sp", "dx_macro_auroc")} <= got
+    assert "## Stability and drift" in (pd_ / "results.md").read_text()
     agg = res[res.seed.isna() & ~res.metric.str.startswith("claim:")]
     assert ((agg.ci_low <= agg.value) & (agg.value <= agg.ci_high)).all() and agg.value.between(0, 1).all()
     claims = pd.read_csv(pd_ / "claims.csv")                         # every declared claim, in order, with a verdict
-    assert claims.claim.tolist() == ["C1", "C3a", "C3b", "C7"]
+    assert claims.claim.tolist() == ["C1", "C3a", "C3b", "C7", "C9b", "C10c"]
     assert set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
     assert (claims.ci_low <= claims.estimate).all() and (claims.mde > 0).all()
     assert (pd_ / "results.md").read_text().index("## Claims") < (pd_ / "results.md").read_text().index("The paper's table")
