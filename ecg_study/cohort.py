@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .folds import stratification_matrix, stratified_patient_folds
+from .text import REPORT_COLUMNS, join_statements
 from .core import (ETHNICITIES, LABS, STATS, VITALS, N_SAMPLES, STUDY_LEADS, TAB_PREFIXES,
                             atomic_write, gem_table, get_logger, lab_stem)
 
@@ -22,13 +23,13 @@ log = get_logger("ecg_study.cohort")
 
 # %% auto #0
 __all__ = ['log', 'RAW_TABLES', 'ECG_TABLE', 'QUALITY_RULES', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN', 'BIOMETRIC_WINDOW_DAYS',
-           'VITAL_RULES', 'BIOMETRIC_RULES', 'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT', 'ID_COLUMNS',
-           'SOURCES', 'ISSUES_FILE', 'PREPARED_FILES', 'quality_counts', 'find_table', 'register_table', 'connect_raw',
-           'select_samples', 'gem_icd9_to_icd10', 'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats',
-           'race_group_sql', 'build_features', 'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels',
-           'filter_lab_labels', 'default_min_label_count', 'diagnosis_matrix', 'package_version', 'sha256_file',
-           'label_columns', 'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'record_counts',
-           'source_paths', 'raw_fingerprint', 'prepare']
+           'MM_TABLE', 'VITAL_RULES', 'BIOMETRIC_RULES', 'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT',
+           'ID_COLUMNS', 'SOURCES', 'ISSUES_FILE', 'PREPARED_FILES', 'quality_counts', 'find_table', 'register_table',
+           'connect_raw', 'select_samples', 'machine_reports', 'gem_icd9_to_icd10', 'normalise_icd10_sql',
+           'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql', 'build_features', 'build_lab_tables',
+           'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels', 'default_min_label_count',
+           'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns', 'feature_columns', 'read_prepared',
+           'store_signals', 'signal_rows', 'record_counts', 'source_paths', 'raw_fingerprint', 'prepare']
 
 # %% ../nbs/03_cohort.ipynb #8d82979f
 RAW_TABLES = {  # view name -> (relative path without .csv[.gz], {column: SQL type})
@@ -142,6 +143,20 @@ def select_samples(con):
     con.sql("""CREATE OR REPLACE TABLE samples AS SELECT *,
       row_number() OVER (PARTITION BY stay_id ORDER BY ecg_time, study_id) - 1 AS ecg_no_within_stay
       FROM samples""")
+
+# %% ../nbs/03_cohort.ipynb #fdc50789
+MM_TABLE = ("machine_measurements", {"study_id": "BIGINT", **{c: "VARCHAR" for c in REPORT_COLUMNS}})
+
+def machine_reports(con, ecg: Path, study_ids: pd.Series) -> pd.Series | None:
+    """Each ECG's machine report (`text.join_statements`; '' where the table has no row for it), in the order of
+    `study_ids`; None when the ECG folder holds no `machine_measurements.csv`."""
+    try: path = find_table(ecg, MM_TABLE[0])
+    except FileNotFoundError: return None
+    register_table(con, MM_TABLE[0], path, MM_TABLE[1])
+    con.register("_report_ids", pd.DataFrame({"study_id": study_ids.to_numpy()}))
+    mm = con.sql(f"SELECT * FROM {MM_TABLE[0]} WHERE study_id IN (SELECT study_id FROM _report_ids)").df()
+    mm = mm.drop_duplicates("study_id").set_index("study_id")
+    return join_statements(mm).reindex(study_ids.to_numpy()).fillna("").rename("machine_report")
 
 # %% ../nbs/03_cohort.ipynb #1d8ee161
 def gem_icd9_to_icd10() -> pd.DataFrame:
@@ -484,6 +499,10 @@ def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_job
     lab = lab_abnormality_labels(closest_lab_values(con).reindex(study_ids), thresholds)
     lab = filter_lab_labels(lab, ids["fold"].to_numpy(), min_lab_pos, per_fold=not synthetic)
     cohort = pd.concat([ids, feats.reset_index(drop=True), diag.reset_index(drop=True), lab.reset_index(drop=True)], axis=1)
+    report = machine_reports(con, ecg, cohort["study_id"])      # the third modality, where the cart's report is there
+    if report is not None:
+        cohort["machine_report"] = report.to_numpy()
+        counts["ecgs_with_machine_report"] = int((report != "").sum())
     extra = {"min_label_count_used": mlc, **record_counts(status), "quality": quality,
              "lab_thresholds": _records(thresholds.reset_index())}
     con.close()

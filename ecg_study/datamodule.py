@@ -11,6 +11,7 @@ import lightning as L
 from .datasets import Prepared, columns_with_prefix, label_matrix, load_prepared, make_loaders, split_indices
 from .run_config import TrainConfig
 from .tabular import TabularPreprocessor
+from .text import encode_reports, report_vocabulary
 
 # %% auto #0
 __all__ = ['PreparedDataModule']
@@ -19,10 +20,11 @@ __all__ = ['PreparedDataModule']
 class PreparedDataModule(L.LightningDataModule):
     "Split, labels, tabular inputs and loaders of one run (`cfg`: crossfit, part, seed, batch size, crop) over a prepared dataset."
     def __init__(self, data_dir, cfg: TrainConfig, labels_prefix: str | tuple[str, ...] | None = None, signals: bool = True,
-                 tabular: bool = False, splits=("train", "val", "test"), batch_size: int | None = None):
+                 tabular: bool = False, splits=("train", "val", "test"), batch_size: int | None = None, text: bool = False):
         super().__init__()
         self.data_dir, self.cfg, self.labels_prefix, self.split_names = Path(data_dir), cfg, labels_prefix, tuple(splits)
         self.use_signals, self.use_tabular, self.batch_size = signals, tabular, batch_size or cfg.batch_size
+        self.use_text, self.vocabulary = text, []
         self.data: Prepared | None = None
 
     def setup(self, stage: str | None = None):
@@ -40,10 +42,21 @@ class PreparedDataModule(L.LightningDataModule):
         tab = self.preprocessor.transform(data.cohort) if self.use_tabular else None
         self.loaders = make_loaders(data.signals if self.use_signals else None, {k: self.splits[k] for k in self.split_names},
                                     self.y, tab, batch_size=self.batch_size, seed=self.cfg.seed,
-                                    num_workers=self.cfg.num_workers, crop=self.cfg.crop)
+                                    num_workers=self.cfg.num_workers, crop=self.cfg.crop, text=self._text(data))
         self.data = data
 
+    def _text(self, data: Prepared):
+        "The machine-report terms (N, V) over a vocabulary of the training folds' reports, when the run reads text."
+        if not self.use_text: return None
+        if "machine_report" not in data.cohort:
+            raise ValueError(f"prepared dataset {data.path}: no machine_report column (its ECG folder had no "
+                             "machine_measurements.csv, or it was prepared before the text modality): rebuild it")
+        self.vocabulary = report_vocabulary(data.cohort["machine_report"].iloc[self.splits["train"]], self.cfg.text_max_terms)
+        return encode_reports(data.cohort["machine_report"], self.vocabulary)
+
     # the model's sizes, read from what setup built
+    @property
+    def n_terms(self) -> int: return len(self.vocabulary)
     @property
     def n_labels(self) -> int: return len(self.labels)
     @property

@@ -86,10 +86,11 @@ def eval_windows(x: np.ndarray, crop: int = CROP) -> np.ndarray:
 
 # %% ../nbs/04_datasets.ipynb #2f3b5b9e
 class ECGDataset(Dataset):
-    "Records `idx` of a prepared dataset: random crops (train) or all windows (eval), labels, tabular."
+    "Records `idx` of a prepared dataset: random crops (train) or all windows (eval), labels, tabular, report terms."
     def __init__(self, signals: np.ndarray | None, idx, y: np.ndarray | None = None,
-                 tab: tuple[np.ndarray, ...] | None = None, crop: int = CROP, train: bool = True, seed: int = 0):
-        self.signals, self.idx, self.y, self.tab = signals, np.asarray(idx, dtype=np.int64), y, tab
+                 tab: tuple[np.ndarray, ...] | None = None, crop: int = CROP, train: bool = True, seed: int = 0,
+                 text: np.ndarray | None = None):
+        self.signals, self.idx, self.y, self.tab, self.text = signals, np.asarray(idx, dtype=np.int64), y, tab, text
         self.crop, self.train, self.seed = crop, train, seed
         if signals is not None and signals.shape[1] < crop:
             raise ValueError(f"crop {crop} is longer than the records ({signals.shape[1]} samples)")
@@ -123,6 +124,7 @@ class ECGDataset(Dataset):
             item["tab_cont"] = torch.from_numpy(np.asarray(x_cont[row], dtype=np.float32))
             item["tab_mask"] = torch.from_numpy(np.asarray(mask[row], dtype=np.float32))
             item["tab_cat"] = torch.from_numpy(np.asarray(x_cat[row], dtype=np.int64))
+        if self.text is not None: item["text"] = torch.from_numpy(np.asarray(self.text[row], dtype=np.float32))
         return item
 
 # %% ../nbs/04_datasets.ipynb #f61fe937
@@ -135,9 +137,9 @@ def make_loader(ds: ECGDataset, batch_size: int = 32, seed: int = 0, num_workers
 
 def make_loaders(signals: np.ndarray | None, splits: dict[str, np.ndarray], y: np.ndarray | None = None,
                  tab: tuple | None = None, batch_size: int = 32, seed: int = 0, num_workers: int = 0,
-                 crop: int = CROP) -> dict[str, DataLoader]:
+                 crop: int = CROP, text: np.ndarray | None = None) -> dict[str, DataLoader]:
     "Loaders for every split in `splits`: random crops for 'train', evaluation windows otherwise."
-    return {name: make_loader(ECGDataset(signals, idx, y, tab, crop, train=(name == "train"), seed=seed),
+    return {name: make_loader(ECGDataset(signals, idx, y, tab, crop, train=(name == "train"), seed=seed, text=text),
                               batch_size, seed, num_workers)
             for name, idx in splits.items()}
 
@@ -197,6 +199,9 @@ def make_toy_prepared(out: str | Path, n: int = 200, seed: int = 0) -> Path:
         c |= {f"labvalues_{lab}_{s}": np.where(measured[lab], x, np.nan) for s, x in stats.items()}
     dx = {"i48": af, "i4891": af & (rng.uniform(size=n) < 0.6), "n17": crea > 1.5, "r07": rng.uniform(size=n) < 0.25}
     c |= {f"diagnoses_{code}": d.astype(np.int8) for code, d in dx.items()}
+    # the cart's report: the rhythm it reads, and peaked T waves at high potassium (drawn from no random number)
+    c["machine_report"] = [("Atrial fibrillation; Abnormal ECG" if a else "Sinus rhythm; Normal ECG") + ("; Peaked T waves" if kk > 5.5 else "")
+                           for a, kk in zip(af, k)]
     for lab in TOY_LABS:
         ref = LAB_BY_STEM[lab]
         for side, hit in (("low", value[lab] < ref.ref_low), ("high", value[lab] > ref.ref_high)):

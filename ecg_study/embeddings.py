@@ -24,9 +24,10 @@ def load_pretrained(encoder_ckpt, pretrained: bool = True) -> tuple[PretrainModu
     if ckpt.get("stage") != "pretrain": raise ValueError(f"{encoder_ckpt}: not a pre-training checkpoint (stage {ckpt.get('stage')!r})")
     cfg = TrainConfig.from_dict(ckpt["cfg"])
     L.seed_everything(cfg.seed, verbose=False)    # same seed, same construction order as `pretrain`: same initial weights
-    module = PretrainModule.build(cfg, ckpt["n_cont"], ckpt["cat_cardinalities"])
+    module = PretrainModule.build(cfg, ckpt["n_cont"], ckpt["cat_cardinalities"], len(ckpt.get("text_vocabulary", [])))
     if pretrained:
-        for part, key in (("ecg", "ecg_encoder"), ("tab", "tab_encoder"), ("proj_ecg", "proj_ecg"), ("proj_tab", "proj_tab")):
+        parts = [("ecg", "ecg_encoder"), ("tab", "tab_encoder"), ("proj_ecg", "proj_ecg"), ("proj_tab", "proj_tab")]
+        for part, key in parts + ([("text", "text_encoder"), ("proj_text", "proj_text")] if cfg.text else []):
             getattr(module, part).load_state_dict(ckpt[key])
     return module.eval(), TabularPreprocessor.from_state_dict(ckpt["tab_preprocessor"])
 

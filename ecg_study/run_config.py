@@ -16,12 +16,13 @@ from .core import TAB_PREFIXES
 from .objectives import CROSS_MODAL_LOSSES
 from .s4 import S4Encoder
 from .tabular import TabularEncoder
+from .text import TextEncoder
 
 log = get_logger("ecg_study.run_config")
 
 # %% auto #0
-__all__ = ['log', 'REGULARIZERS', 'BASELINES', 'TrainConfig', 'make_ecg_encoder', 'make_tab_encoder', 'part_path',
-           'load_checkpoint', 'load_predictions', 'read_logs']
+__all__ = ['log', 'REGULARIZERS', 'BASELINES', 'TrainConfig', 'make_ecg_encoder', 'make_tab_encoder', 'make_text_encoder',
+           'part_path', 'load_checkpoint', 'load_predictions', 'read_logs']
 
 # %% ../nbs/09a_run_config.ipynb #921bd968
 REGULARIZERS = ("none", "l2sp", "distill")   # what keeps a wholly fine-tuned encoder near its pre-training
@@ -39,6 +40,10 @@ class TrainConfig:
     tab_emb_dim: int = 16
     tab_hidden: tuple[int, ...] = (128, 128, 128)
     tab_dropout: float = 0.1
+    # stage 1, beyond the paper: the machine report as a third view (ECG ↔ tabular + ECG ↔ text, ECG the anchor)
+    text: bool = False
+    text_hidden: tuple[int, ...] = (128, 128)
+    text_max_terms: int = 2000          # the vocabulary (words and word pairs of the training folds' reports)
     # stage 1: cross-modal objective and projectors
     loss: str = "barlow_twins"          # barlow_twins | vicreg | info_nce (alias infonce)
     lambd: float = 5e-3                 # Barlow Twins off-diagonal weight
@@ -84,7 +89,7 @@ class TrainConfig:
     deterministic: bool = True
 
     def __post_init__(self):
-        for name in ("tab_prefixes", "tab_hidden", "projector_dims", "head_hidden"):
+        for name in ("tab_prefixes", "tab_hidden", "projector_dims", "head_hidden", "text_hidden"):
             setattr(self, name, tuple(getattr(self, name) or ()))
         if self.loss == "infonce": self.loss = "info_nce"
         if self.loss not in CROSS_MODAL_LOSSES:
@@ -119,6 +124,10 @@ def make_tab_encoder(cfg: TrainConfig, n_cont: int, cat_cardinalities: list[int]
     "The tabular MLP encoder of the configured size."
     return TabularEncoder(n_cont, list(cat_cardinalities), emb_dim=cfg.tab_emb_dim, hidden=cfg.tab_hidden,
                           dropout=cfg.tab_dropout)
+
+def make_text_encoder(cfg: TrainConfig, n_terms: int) -> TextEncoder:
+    "The machine-report encoder of the configured size over a vocabulary of `n_terms`."
+    return TextEncoder(n_terms, hidden=cfg.text_hidden, dropout=cfg.tab_dropout)
 
 
 # %% ../nbs/09a_run_config.ipynb #97c4c216

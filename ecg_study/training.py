@@ -22,7 +22,7 @@ from .models import (FusionModel, MLPHead, Projector, freeze_encoder, gather_bat
                               weight_drift)
 from .objectives import cross_modal_loss, feature_distillation, l2sp_penalty, masked_bce, uncertainty_weighted
 from .run_config import (BASELINES, TrainConfig, load_checkpoint, load_predictions, make_ecg_encoder, make_tab_encoder,
-                                  part_path)
+                                  make_text_encoder, part_path)
 from .s4 import ssm_parameter_groups
 from torch import nn
 
@@ -125,26 +125,36 @@ def projectors(cfg: TrainConfig, tab: nn.Module) -> tuple[Projector, Projector]:
 
 # %% ../nbs/10_training.ipynb #d9ab047d
 class PretrainModule(_Stage):
-    "S4 ECG encoder + tabular encoder + their projectors, trained with a cross-modal objective."
+    """S4 ECG encoder + tabular encoder (+ the machine report's encoder when `cfg.text`) + their projectors,
+    trained with a cross-modal objective; with text, ECG ↔ tabular plus ECG ↔ text, the ECG the anchor."""
     monitor, mode = "val_loss", "min"
-    def __init__(self, cfg: TrainConfig, ecg: nn.Module, tab: nn.Module, proj_ecg: nn.Module, proj_tab: nn.Module):
+    def __init__(self, cfg: TrainConfig, ecg: nn.Module, tab: nn.Module, proj_ecg: nn.Module, proj_tab: nn.Module,
+                 text: nn.Module | None = None, proj_text: nn.Module | None = None):
         super().__init__(cfg)
-        self.ecg, self.tab, self.proj_ecg, self.proj_tab = ecg, tab, proj_ecg, proj_tab
+        self.ecg, self.tab, self.proj_ecg, self.proj_tab, self.text, self.proj_text = ecg, tab, proj_ecg, proj_tab, text, proj_text
 
     @classmethod
-    def build(cls, cfg: TrainConfig, n_cont: int, cat_cardinalities: list[int]) -> "PretrainModule":
+    def build(cls, cfg: TrainConfig, n_cont: int, cat_cardinalities: list[int], n_terms: int = 0) -> "PretrainModule":
         "Fresh encoders and projectors of `cfg`'s sizes; built in this order, a seed fixes the initial weights."
         ecg, tab = make_ecg_encoder(cfg), make_tab_encoder(cfg, n_cont, cat_cardinalities)
-        return cls(cfg, ecg, tab, *projectors(cfg, tab))
+        views = projectors(cfg, tab)
+        if not cfg.text: return cls(cfg, ecg, tab, *views)
+        text = make_text_encoder(cfg, n_terms)
+        return cls(cfg, ecg, tab, *views, text, Projector(text.out_dim, list(cfg.projector_dims)))
 
-    def objective(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
-        return cross_modal_objective(self.cfg, z1, z2)
+    def objective(self, z_ecg: torch.Tensor, z_tab: torch.Tensor, z_text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        "The ECG ↔ tabular objective and its parts; with text, plus the ECG ↔ text objective (`loss` the sum)."
+        out = cross_modal_objective(self.cfg, z_ecg, z_tab)
+        if z_text is None: return out
+        text = cross_modal_objective(self.cfg, z_ecg, z_text)["loss"]
+        return out | {"loss": out["loss"] + text, "tab_loss": out["loss"], "text_loss": text}
 
-    def project(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        "ECG and tabular projections; evaluation windows are averaged in the encoder space."
+    def project(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        "ECG and tabular (and text) projections; evaluation windows are averaged in the encoder space."
         x = batch["x"]
         h = over_windows(self.ecg, x) if x.dim() == 4 else self.ecg(x)
-        return self.proj_ecg(h), self.proj_tab(self.tab(*_tab(batch)))
+        z = (self.proj_ecg(h), self.proj_tab(self.tab(*_tab(batch))))
+        return z + (self.proj_text(self.text(batch["text"])),) if self.text is not None else z
 
     def setup(self, stage: str):
         if self.trainer.world_size > 1: globalize_batchnorm(self)   # DDP: hidden-layer statistics of the global batch
@@ -160,10 +170,10 @@ class PretrainModule(_Stage):
         self._val.append(tuple(z.float() for z in self.project(batch)))
 
     def on_validation_epoch_end(self):
-        z1, z2 = (torch.cat(t) for t in zip(*self._val))
-        if self.trainer.world_size > 1: z1, z2 = (self.all_gather(z).flatten(0, 1) for z in (z1, z2))
-        if len(z1) > 1:
-            self.log_dict({f"val_{k}": float(v) for k, v in self.objective(z1, z2).items()})
+        zs = [torch.cat(t) for t in zip(*self._val)]
+        if self.trainer.world_size > 1: zs = [self.all_gather(z).flatten(0, 1) for z in zs]
+        if len(zs[0]) > 1:
+            self.log_dict({f"val_{k}": float(v) for k, v in self.objective(*zs).items()})
         self._val = []
 
 # %% ../nbs/10_training.ipynb #d95db66b
@@ -489,19 +499,22 @@ def _over_parts(stage, data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -
 
 # %% ../nbs/10_training.ipynb #e80b7287
 def pretrain(data_dir, run_dir, cfg: TrainConfig) -> dict:
-    "Stage 1: cross-modal pre-training of the ECG and tabular encoders on the training folds."
+    "Stage 1: cross-modal pre-training of the ECG and tabular (and, with `cfg.text`, report) encoders on the training folds."
     if cfg.crossfit and cfg.part < 0: return _over_parts(pretrain, data_dir, run_dir, cfg)
-    dm = PreparedDataModule(data_dir, cfg, tabular=True, splits=("train", "val"), batch_size=cfg.pretrain_batch_size)
+    dm = PreparedDataModule(data_dir, cfg, tabular=True, splits=("train", "val"), batch_size=cfg.pretrain_batch_size, text=cfg.text)
     run_dir, t0 = open_run(run_dir, cfg, dm)
-    module = PretrainModule.build(cfg, dm.n_cont, dm.cat_cardinalities)
+    module = PretrainModule.build(cfg, dm.n_cont, dm.cat_cardinalities, dm.n_terms)
     with _quiet():
         trainer = _fit(module, dm, cfg, run_dir)
         best = _load_best(module, trainer)
+    text = {"text_encoder": module.text.state_dict(), "proj_text": module.proj_text.state_dict(),
+            "text_vocabulary": dm.vocabulary} if cfg.text else {}
     _save({"stage": "pretrain", "cfg": cfg.to_dict(), "ecg_encoder": module.ecg.state_dict(),
            "tab_encoder": module.tab.state_dict(), "proj_ecg": module.proj_ecg.state_dict(),
            "proj_tab": module.proj_tab.state_dict(), "tab_preprocessor": dm.preprocessor.state_dict(),
-           "n_cont": dm.n_cont, "cat_cardinalities": dm.cat_cardinalities}, run_dir / "checkpoint.pt", trainer)
-    return close_run(run_dir, {"stage": "pretrain", **_last_metrics(trainer), **_epochs(trainer, best), "val_loss_best": _val_best(trainer)}, t0)
+           "n_cont": dm.n_cont, "cat_cardinalities": dm.cat_cardinalities, **text}, run_dir / "checkpoint.pt", trainer)
+    return close_run(run_dir, {"stage": "pretrain", **_last_metrics(trainer), **_epochs(trainer, best), "val_loss_best": _val_best(trainer),
+                               **({"n_terms": dm.n_terms} if cfg.text else {})}, t0)
 
 # %% ../nbs/10_training.ipynb #27f6402d
 def _supervised(build, dm: PreparedDataModule, run_dir, cfg: TrainConfig, stage: str, extra: dict | None = None,

@@ -117,6 +117,10 @@ def build_raw(root: Path) -> Path:
         rel = write_record(ecg, s, study, leads=MIMIC_LEADS[:11] if s == E else MIMIC_LEADS, truncate=(s == D))
         rl.append(dict(subject_id=s, study_id=study, file_name=str(study), ecg_time=t(m), path=rel))
     pd.DataFrame(rl).to_csv(ecg / "record_list.csv", index=False)
+    # the cart's report of every study but the first (which then has none), with the real file's report columns
+    mm = pd.DataFrame([dict(subject_id=r["subject_id"], study_id=r["study_id"], report_0="Sinus rhythm", report_1=" Normal ECG")
+                       for r in rl[1:]]).reindex(columns=["subject_id", "study_id"] + [f"report_{i}" for i in range(18)])
+    mm.to_csv(ecg / "machine_measurements.csv", index=False)
     return root
 
 @pytest.fixture(scope="module")
@@ -268,6 +272,13 @@ def test_manifest_and_rerun_noop(prepared):
     (out / "manifest.json").unlink()          # an interrupted run leaves no manifest: the rerun rebuilds the same dataset
     m3 = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
     assert m3["checksums"] == m["checksums"]
+
+def test_machine_reports(prepared):
+    raw, out, m, cohort, sig = prepared
+    first = pd.read_csv(raw / "ecg" / "record_list.csv").study_id.iloc[0]
+    rep = cohort.set_index("study_id").machine_report
+    assert rep.get(first, "") == "" and (rep.drop(first, errors="ignore") == "Sinus rhythm; Normal ECG").all()
+    assert m["counts"]["ecgs_with_machine_report"] == int((rep != "").sum()) > 0
 
 def test_mds_ed_roundtrip(prepared, tmp_path):
     raw, out, m, cohort, sig = prepared

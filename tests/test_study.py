@@ -99,6 +99,12 @@ lab = false
 name = "joint"
 kind = "joint"
 [[runs]]
+name = "trimodal"                # the machine report as a third view in pre-training
+kind = "method"
+text = true
+text_hidden = [16]
+lab = false
+[[runs]]
 name = "broken"                  # an invalid objective: this run must fail alone
 kind = "supervised"
 model = "ecg_only"
@@ -129,6 +135,7 @@ def test_tiny_plan_end_to_end(tiny):
     assert (pd_ / "broken_s0" / "baselines.ipynb").exists()          # … keeps its executed notebook with the error
     assert "no_such_loss" in (pd_ / "broken_s0" / "baselines.html").read_text()
     for step in ("method_s0_pretrain", "method_s0_dx", "method_s0_lab", "method_s0_explain", "ecg_only_s0", "intervene", "joint_s0", "l2sp_s0_dx",
+                 "trimodal_s0_pretrain", "trimodal_s0_dx",
                  "realism_synthetic", "evaluate", "figures"):
         st = json.loads((pd_ / step / "stamp.json").read_text())
         assert st["status"] == "ok", (step, st)                     # … and does not stop the independent runs
@@ -138,7 +145,7 @@ def test_tiny_plan_end_to_end(tiny):
     got = set(zip(res.model, res.metric))
     assert {("method", "dx_macro_auroc"), ("method", "dx_macro_auroc_distinct"), ("method", "dx_macro_auroc_curve"),
             ("method", "lab_macro_auroc"), ("ecg_only", "dx_macro_auroc"), ("joint", "dx_macro_auroc"), ("joint", "lab_macro_auroc"),
-            ("l2sp", "dx_macro_auroc")} <= got
+            ("l2sp", "dx_macro_auroc"), ("trimodal", "dx_macro_auroc")} <= got
     assert "## Stability and drift" in (pd_ / "results.md").read_text()
     agg = res[res.seed.isna() & ~res.metric.str.startswith("claim:")]
     assert ((agg.ci_low <= agg.value) & (agg.value <= agg.ci_high)).all() and agg.value.between(0, 1).all()
