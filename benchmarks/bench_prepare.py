@@ -1,11 +1,13 @@
 """Prepare throughput: cohort SQL (seconds, peak memory) on ≥ 10^6 labevents rows, and signal records/s.
 
-Builds a scaled raw MIMIC layout by hand (numpy → .csv.gz; the synthetic simulator is not used so the
-table sizes are exact), then times the cohort SQL steps of `ecg_study.cohort` and `write_signals`.
-Usage: .venv/bin/python benchmarks/bench_prepare.py [--stays 20000] [--labs-per-stay 50] [--records 400]
-       [--memory-limit 2GB] [--jobs 2] [--out benchmarks/out/prepare]
+Builds a scaled raw MIMIC layout by hand (numpy → .csv.gz, and `labevents` straight from DuckDB SQL; the synthetic
+simulator is not used so the table sizes are exact), then times the cohort SQL steps of `ecg_study.cohort` and
+`write_signals`. Usage: .venv/bin/python benchmarks/bench_prepare.py [--stays 20000] [--labs-per-stay 50]
+       [--labevents-rows N] [--records 400] [--memory-limit 2GB] [--jobs 2] [--out benchmarks/out/prepare] [--json FILE]
+MIMIC size: --stays 425000 --labevents-rows 100000000 --records 20000 --memory-limit 3GB
+       --json benchmarks/results/prepare_scale.json
 """
-import argparse, json, platform, resource, shutil, time
+import argparse, json, os, platform, resource, shutil, threading, time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,30 @@ def rss_mb(who=resource.RUSAGE_SELF) -> float: return resource.getrusage(who).ru
 def gz(df, path):
     path.parent.mkdir(parents=True, exist_ok=True); df.to_csv(path, index=False, compression="gzip")
 
-def build(root: Path, n_stays: int, labs_per_stay: int, n_records: int, seed: int = 0) -> list[str]:
+def write_labevents(path: Path, subj, hadm, intime, items: pd.DataFrame, n_rows: int, seed: int = 0, threads: int = 2):
+    """hosp/labevents.csv.gz with `n_rows` rows written by DuckDB straight from SQL (10^8 rows never sit in pandas):
+    a stay, an item and a value per row from hashes of the row number; 5 % text results (real quirk: no valuenum)."""
+    import duckdb
+    ref = {l.itemid: (l.ref_low, l.ref_high) for l in LABS}
+    it = items.assign(k=np.arange(len(items)), lo=[ref.get(i, (None, None))[0] for i in items.itemid],
+                      hi=[ref.get(i, (None, None))[1] for i in items.itemid])
+    st = pd.DataFrame(dict(j=np.arange(len(subj)), subject_id=subj, hadm_id=hadm, intime=intime))
+    con = duckdb.connect(); con.sql(f"SET threads={threads}"); con.sql("SET memory_limit='4GB'")
+    con.register("stays", st); con.register("items", it[["k", "itemid", "lo", "hi"]])
+    h = lambda salt: f"hash(i, {seed}, {salt})"      # a reproducible pseudo-random UBIGINT per row and purpose
+    rows = f"""SELECT i, {h(1)} % {len(st)} AS j, {h(2)} % {len(it)} AS k, {h(4)} % 100 < 5 AS txt,
+                      0.7 + ({h(5)} % 1000000) / 1e6 * 0.9 AS u, CAST({h(3)} % 8640 AS BIGINT) - 4320 AS dt
+               FROM (SELECT range AS i FROM range({n_rows}))"""
+    con.sql(f"""COPY (
+      SELECT i AS labevent_id, subject_id, hadm_id, i AS specimen_id, itemid, '' AS order_provider_id,
+             intime + to_minutes(dt) AS charttime, '' AS storetime,
+             CASE WHEN txt THEN '___' ELSE CAST(v AS VARCHAR) END AS value, CASE WHEN txt THEN NULL ELSE v END AS valuenum,
+             '' AS valueuom, lo AS ref_range_lower, hi AS ref_range_upper, '' AS flag, 'ROUTINE' AS priority, '' AS comments
+      FROM (SELECT *, round(coalesce(t.lo, 1.0) * u + 0.01, 3) AS v FROM ({rows}) g JOIN stays s USING (j) JOIN items t USING (k))
+    ) TO '{path}' (HEADER, COMPRESSION gzip)""")
+    con.close()
+
+def build(root: Path, n_stays: int, n_labevents: int, n_records: int, seed: int = 0) -> list[str]:
     "Raw MIMIC layout with n_stays ED stays (one ECG each); WFDB files for the first n_records. Returns record paths."
     rng = np.random.default_rng(seed)
     subj = 10_000_000 + np.arange(n_stays); hadm = 20_000_000 + np.arange(n_stays); stay = 30_000_000 + np.arange(n_stays)
@@ -36,18 +61,7 @@ def build(root: Path, n_stays: int, labs_per_stay: int, n_records: int, seed: in
     items = pd.DataFrame(dict(itemid=[l.itemid for l in LABS] + [51097, 51082], label=[l.label for l in LABS] + ["Potassium", "Creatinine"],
                               fluid=["Blood"] * len(LABS) + ["Urine"] * 2, category="Chemistry"))
     gz(items, root / "hosp/d_labitems.csv.gz")
-    n_le = n_stays * labs_per_stay
-    i = rng.integers(0, n_stays, n_le); lab = rng.integers(0, len(items), n_le)
-    lo = np.array([l.ref_low if l.ref_low is not None else np.nan for l in LABS] + [np.nan, np.nan])
-    hi = np.array([l.ref_high if l.ref_high is not None else np.nan for l in LABS] + [np.nan, np.nan])
-    val = np.round(np.nan_to_num(lo[lab], nan=1.0) * rng.uniform(0.7, 1.6, n_le) + 0.01, 3)
-    text = rng.random(n_le) < 0.05   # real quirk: text results with no valuenum
-    le = pd.DataFrame(dict(labevent_id=np.arange(n_le), subject_id=subj[i], hadm_id=hadm[i], specimen_id=np.arange(n_le),
-                           itemid=items.itemid.values[lab], order_provider_id="",
-                           charttime=intime[i] + pd.to_timedelta(rng.integers(-3 * 1440, 3 * 1440, n_le), "m"), storetime="",
-                           value=np.where(text, "___", val.astype(str)), valuenum=np.where(text, np.nan, val), valueuom="",
-                           ref_range_lower=lo[lab], ref_range_upper=hi[lab], flag="", priority="ROUTINE", comments=""))
-    gz(le, root / "hosp/labevents.csv.gz")
+    write_labevents(root / "hosp/labevents.csv.gz", subj, hadm, intime, items, n_labevents, seed)
     k = np.repeat(np.arange(n_stays), 3)
     gz(pd.DataFrame(dict(subject_id=subj[k], chartdate=(intime[k] - pd.to_timedelta(rng.integers(0, 60, len(k)), "D")).date,
                          seq_num=1, result_name=np.tile(["BMI (kg/m2)", "Weight (Lbs)", "Height (Inches)"], n_stays),
@@ -73,10 +87,23 @@ def build(root: Path, n_stays: int, labs_per_stay: int, n_records: int, seed: in
         wfdb.wrsamp(str(study[r]), fs=500, units=["mV"] * 12, sig_name=MIMIC_LEADS, p_signal=x, fmt=["16"] * 12, write_dir=str(d))
     return [str(root / "ecg" / p) for p in paths[:n_records]]
 
+class DiskPeak(threading.Thread):
+    "The largest size (MB) a folder reached, sampled every half second (DuckDB's spill files come and go)."
+    def __init__(self, folder: Path):
+        super().__init__(daemon=True); self.folder, self.peak_mb, self.done = folder, 0.0, threading.Event()
+    def run(self):
+        while not self.done.wait(0.5):
+            try: mb = sum(f.stat().st_size for f in self.folder.rglob("*") if f.is_file()) / 2**20
+            except FileNotFoundError: continue      # a spill file removed while summing
+            self.peak_mb = max(self.peak_mb, mb)
+
+def folder_mb(path: Path) -> float: return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
+
 def bench_sql(root: Path, work: Path, memory_limit: str) -> dict:
-    "Seconds per cohort SQL step (the `mimic` path without signals) and peak RSS."
+    "Seconds per cohort SQL step (the `mimic` path without signals), peak RSS and the DuckDB temp folder's peak size."
     from ecg_study import cohort as co
     steps, t0 = {}, time.time()
+    disk = DiskPeak(work); disk.start()
     def lap(name):
         nonlocal t0; steps[name] = round(time.time() - t0, 2); t0 = time.time()
     con = co.connect_raw(root, root / "ecg", memory_limit, work); lap("connect + layout checks")
@@ -88,9 +115,10 @@ def bench_sql(root: Path, work: Path, memory_limit: str) -> dict:
     ids = con.sql("SELECT study_id FROM samples ORDER BY study_id").df()["study_id"]
     dx = co.diagnosis_matrix(con, pd.Index(ids), 10); lap("diagnosis label matrix")
     n_le = con.execute("SELECT count(*) FROM labevents").fetchall()[0][0]
+    disk.done.set(); disk.join()
     return {"labevents_rows": n_le, "samples": len(feats), "features": feats.shape[1], "diagnosis_labels": dx.shape[1],
             "steps_s": steps, "total_s": round(sum(steps.values()), 2), "peak_rss_mb": round(rss_mb(), 1),
-            "duckdb_memory_limit": memory_limit}
+            "duckdb_memory_limit": memory_limit, "duckdb_temp_peak_mb": round(disk.peak_mb, 1)}
 
 def bench_signals(paths: list[str], work: Path, jobs: int) -> dict:
     from ecg_study.signals import write_signals
@@ -102,18 +130,37 @@ def bench_signals(paths: list[str], work: Path, jobs: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stays", type=int, default=20000); ap.add_argument("--labs-per-stay", type=int, default=50)
+    ap.add_argument("--labevents-rows", type=int, default=None, help="labevents rows (default: stays × labs per stay)")
+    ap.add_argument("--build-only", action="store_true", help="build (or keep) the raw layout and stop")
+    ap.add_argument("--json", default=None, help="also write the figures here (e.g. benchmarks/results/prepare_scale.json)")
     ap.add_argument("--records", type=int, default=400); ap.add_argument("--memory-limit", default="2GB")
     ap.add_argument("--jobs", type=int, default=2); ap.add_argument("--out", default="benchmarks/out/prepare")
     a = ap.parse_args()
-    out = Path(a.out); shutil.rmtree(out, ignore_errors=True)
-    t0 = time.time(); paths = build(out / "raw", a.stays, a.labs_per_stay, a.records)
+    out = Path(a.out)
+    n_le = a.labevents_rows or a.stays * a.labs_per_stay
+    spec = json.dumps([a.stays, n_le, a.records])      # a raw layout built for these sizes is reused (building is not measured)
+    t0 = time.time()
+    if (out / "raw" / "built.json").exists() and (out / "raw" / "built.json").read_text() == spec:
+        paths = json.loads((out / "raw" / "paths.json").read_text()); shutil.rmtree(out / "work", ignore_errors=True)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        paths = build(out / "raw", a.stays, n_le, a.records)
+        (out / "raw" / "paths.json").write_text(json.dumps(paths)); (out / "raw" / "built.json").write_text(spec)
+    if a.build_only: return
     res = {"machine": f"{platform.machine()}, {platform.processor() or platform.platform()}, {__import__('os').cpu_count()} CPUs",
-           "build_raw_s": round(time.time() - t0, 1)}
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average_before": os.getloadavg()[0],
+           "build_raw_s": round(time.time() - t0, 1),
+           "raw_mb": {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted((out / "raw").rglob("*.csv*"))}}
     (out / "work").mkdir(parents=True)
     res["cohort_sql"] = bench_sql(out / "raw", out / "work", a.memory_limit)
     res["signals"] = bench_signals(paths, out / "work", a.jobs)
+    sql, sig = res["cohort_sql"], res["signals"]
+    res |= {"labevents_rows": sql["labevents_rows"], "seconds": round(sql["total_s"] + sig["seconds"], 1),
+            "peak_rss_mb": max(sql["peak_rss_mb"], sig["peak_rss_children_mb"]), "steps_s": {**sql["steps_s"], "signals": sig["seconds"]},
+            "work_mb_after": folder_mb(out / "work"), "load_average_after": os.getloadavg()[0]}
     print(json.dumps(res, indent=1))
     (out / "result.json").write_text(json.dumps(res, indent=1))
+    if a.json: Path(a.json).parent.mkdir(parents=True, exist_ok=True); Path(a.json).write_text(json.dumps(res, indent=1))
 
 if __name__ == "__main__":
     main()

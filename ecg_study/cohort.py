@@ -568,7 +568,7 @@ def _build(source, raw, ecg, out: Path, params: dict, min_label_count, seed, n_j
     work.parent.mkdir(exist_ok=True); work.write_text(json.dumps(params))
     if source == "mds_ed":
         from ecg_study.mds_ed import prepare_mds_ed    # it reads this module's signal helpers
-        cohort, counts, extra, keep = prepare_mds_ed(raw, ecg, out, seed, n_jobs, progress, min_lab_pos)
+        cohort, counts, extra, keep = prepare_mds_ed(raw, ecg, out, seed, n_jobs, progress, min_lab_pos, memory_limit)
     else:
         cohort, counts, extra, keep = _prepare_mimic(raw, ecg, out, min_label_count, seed, n_jobs, progress,
                                                      min_lab_pos, memory_limit, synthetic=source == "synthetic")

@@ -34,36 +34,50 @@ def mds_ed_csv(raw: Path) -> Path:
     return p
 
 # %% ../nbs/03a_mds_ed.ipynb #87b01102
-def prepare_mds_ed(raw: Path, ecg: Path, out: Path, seed, n_jobs, progress, min_lab_pos):
+def _columns(con, names: list[str], cast: str, keep: np.ndarray) -> pd.DataFrame:
+    "Columns `names` of table `mds` in file order, each as `cast` (a SQL pattern on {c}), rows where `keep`."
+    if not names: return pd.DataFrame(index=range(int(keep.sum())))
+    sql = ", ".join(f'{cast.format(c=chr(34) + c + chr(34))} AS "{c}"' for c in names)
+    return con.sql(f"SELECT {sql} FROM mds ORDER BY rowid").df()[keep].reset_index(drop=True)
+
+def _record_paths(ecg: Path, ids: pd.DataFrame) -> list[str]:
+    "Each row's record path under the MIMIC-IV-ECG folder: `record_list.csv`'s when it lists the study, else the standard one."
+    rl = Path(ecg) / "record_list.csv"
+    paths = dict(duckdb.sql(f"SELECT study_id::BIGINT, path FROM read_csv('{rl}', all_varchar=true)").fetchall()) if rl.exists() else {}
+    return [paths.get(int(st)) or record_path(sub, st, fn) for sub, st, fn in zip(ids["subject_id"], ids["study_id"], ids["file_name"])]
+
+def prepare_mds_ed(raw: Path, ecg: Path, out: Path, seed, n_jobs, progress, min_lab_pos, memory_limit: str = "4GB"):
+    """The cohort of `mds_ed.csv` (≈ 2 GB) and the records it names. The file is held by DuckDB (within `memory_limit`,
+    spilling to `out/.work`); pandas receives only the column groups the prepared dataset keeps, rows with a signal."""
     path = mds_ed_csv(raw)
     if ecg is None or not Path(ecg).is_dir(): raise FileNotFoundError(f"missing folder: {ecg} (MIMIC-IV-ECG, --ecg)")
-    df = duckdb.sql(f"SELECT * FROM read_csv('{path}', header=true, sample_size=-1)").df()
-    missing = [c for c in ("general_study_id", "general_subject_id", "general_strat_fold") if c not in df.columns]
+    work = out / ".work"; (work / "duckdb_tmp").mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.sql(f"SET memory_limit='{memory_limit}'"); con.sql(f"SET temp_directory='{work / 'duckdb_tmp'}'")
+    con.sql(f"CREATE TABLE mds AS SELECT * FROM read_csv('{path}', header=true, sample_size=-1)")
+    cols = [c[0] for c in con.sql("SELECT * FROM mds LIMIT 0").description]
+    missing = [c for c in ("general_study_id", "general_subject_id", "general_strat_fold") if c not in cols]
     if missing: raise ValueError(f"wrong layout: {path} lacks columns {missing}")
-    df = df.rename(columns=MDS_ED_ID_MAP)
+    ids = con.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in MDS_ED_ID_MAP if c in cols)} FROM mds ORDER BY rowid").df()
+    ids = ids.rename(columns=MDS_ED_ID_MAP)
     for c in ("ecg_time", "intime"):
-        if c in df: df[c] = pd.to_datetime(df[c])
-    if "file_name" not in df: df["file_name"] = df["study_id"].astype(str)
-    df["file_name"] = df["file_name"].astype(str)
-    counts = {"ecgs_seen": len(df)}
-    rl = Path(ecg) / "record_list.csv"
-    if rl.exists():
-        paths = dict(duckdb.sql(f"SELECT study_id::BIGINT, path FROM read_csv('{rl}', all_varchar=true)").fetchall())
-        rel = [paths.get(int(s)) for s in df["study_id"]]
-    else: rel = [None] * len(df)
-    rel = [r if r is not None else record_path(sub, st, fn)
-           for r, sub, st, fn in zip(rel, df["subject_id"], df["study_id"], df["file_name"])]
-    work = out / ".work"
-    status = store_signals([str(Path(ecg) / r) for r in rel], work, n_jobs, progress)
+        if c in ids: ids[c] = pd.to_datetime(ids[c])
+    if "file_name" not in ids: ids["file_name"] = ids["study_id"].astype(str)
+    ids["file_name"] = ids["file_name"].astype(str)
+    counts = {"ecgs_seen": len(ids)}
+    status = store_signals([str(Path(ecg) / r) for r in _record_paths(ecg, ids)], work, n_jobs, progress)
     keep = signal_rows(status)
-    df = df[keep].reset_index(drop=True)
+    ids = ids[keep].reset_index(drop=True)
     counts["ecgs_with_signal"] = int(keep.sum())
-    ids = df[[c for c in ID_COLUMNS if c in df.columns]].copy()
+    ids = ids[[c for c in ID_COLUMNS if c in ids.columns]].copy()
     ids["fold"] = ids["fold"].astype("int64")
-    feats = df[feature_columns(df)].astype("float64")
-    diag = df[label_columns(df, "diagnoses")].fillna(0).astype("int8")
-    vals = pd.DataFrame({s: df[f"labvalues_{s}_{MDS_ED_LAB_STAT}"] if f"labvalues_{s}_{MDS_ED_LAB_STAT}" in df
-                         else np.nan for s in MDS_ED_LAB_THRESHOLDS.index}, index=df.index).astype("float64")
+    frame = pd.DataFrame(columns=cols)
+    feats = _columns(con, feature_columns(frame), "CAST({c} AS DOUBLE)", keep)
+    diag = _columns(con, label_columns(frame, "diagnoses"), "CAST(coalesce({c}, 0) AS TINYINT)", keep)
+    stat = {s: f"labvalues_{s}_{MDS_ED_LAB_STAT}" for s in MDS_ED_LAB_THRESHOLDS.index}
+    first = _columns(con, [c for c in stat.values() if c in cols], "CAST({c} AS DOUBLE)", keep)
+    con.close()
+    vals = pd.DataFrame({s: first[c] if c in first else np.nan for s, c in stat.items()}, index=ids.index).astype("float64")
     lab = filter_lab_labels(lab_abnormality_labels(vals, MDS_ED_LAB_THRESHOLDS), ids["fold"].to_numpy(), min_lab_pos)
     cohort = pd.concat([ids, feats, diag, lab], axis=1)
     return cohort, counts, {**record_counts(status), "lab_label_statistic": f"labvalues_<stem>_{MDS_ED_LAB_STAT}"}, keep

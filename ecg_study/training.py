@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_training.ipynb #36eb6f51
 from __future__ import annotations
-import contextlib, copy, hashlib, json, logging, re, shutil, time, warnings
+import contextlib, copy, hashlib, json, logging, random, re, shutil, time, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ log = get_logger("ecg_study.training")
 
 # %% auto #0
 __all__ = ['log', 'RUNTIME_FIELDS', 'embedding_std', 'cross_modal_objective', 'projectors', 'PretrainModule', 'DiagnosisModule',
-           'LabModule', 'FusionModule', 'TabularModule', 'JointModule', 'EpochSync', 'resolve_precision',
+           'LabModule', 'FusionModule', 'TabularModule', 'JointModule', 'EpochSync', 'RandomState', 'resolve_precision',
            'make_trainer', 'run_fingerprint', 'predict', 'save_predictions', 'open_run', 'close_run',
            'pool_predictions', 'pretrain', 'finetune_dx', 'finetune_lab', 'train_baseline', 'train_joint']
 
@@ -76,7 +76,12 @@ class _Supervised(_Stage):
         "The training loss (`loss`) and the parts logged beside it."
         return {"loss": self.bce(self.logits(batch.get("x"), _tab(batch)), batch["y"], batch["y_mask"])}
 
-    def on_fit_start(self): self.nonfinite_steps = 0
+    def __init__(self, cfg: TrainConfig):
+        super().__init__(cfg)
+        self.nonfinite_steps = 0      # training steps whose loss was not finite: kept across a resume
+
+    def on_save_checkpoint(self, checkpoint): checkpoint["nonfinite_steps"] = self.nonfinite_steps
+    def on_load_checkpoint(self, checkpoint): self.nonfinite_steps = checkpoint.get("nonfinite_steps", 0)
 
     def training_step(self, batch, batch_idx):
         parts = self.losses(batch)
@@ -297,6 +302,33 @@ class EpochSync(Callback):
         ds = getattr(trainer.train_dataloader, "dataset", None)
         if hasattr(ds, "set_epoch"): ds.set_epoch(trainer.current_epoch)
 
+class RandomState(Callback):
+    """Exact resume: every random stream a fit draws from — the global torch (and CUDA), NumPy and Python generators,
+    the training loader's shuffle generator and the epoch its crops are drawn for — saved in each checkpoint (all
+    are end-of-epoch ones) and restored when a fit resumes from it. Restored on load, before Lightning builds the
+    resumed epoch's iterator and prefetches its first batch, so the resumed fit draws what the uninterrupted one would."""
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        g = trainer.datamodule.train_dataloader().generator if trainer.datamodule else None
+        _, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["random_state"] = {     # tensors and plain numbers: a weights-only load reads them
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate(), "loader": g.get_state() if g is not None else None,
+            "next_epoch": trainer.current_epoch + 1}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        s = checkpoint.get("random_state")
+        if s is None: return
+        torch.set_rng_state(s["torch"])
+        if s["cuda"]: torch.cuda.set_rng_state_all(s["cuda"])
+        keys, pos, has_gauss, gauss = s["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(s["python"])
+        loader = trainer.datamodule.train_dataloader() if trainer.datamodule else None   # the fits of this module use one
+        if loader is None: return
+        if loader.generator is not None and s["loader"] is not None: loader.generator.set_state(s["loader"])
+        if hasattr(loader.dataset, "set_epoch"): loader.dataset.set_epoch(s["next_epoch"])
+
 def _on_gpu(cfg: TrainConfig) -> bool:
     return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
 
@@ -327,13 +359,14 @@ def _quiet():
 # %% ../nbs/10_training.ipynb #75a593fb
 def make_trainer(cfg: TrainConfig, run_dir: Path, monitor: str, mode: str, n_train_batches: int) -> L.Trainer:
     "Lightning Trainer for one stage: devices/strategy/precision from `cfg`, checkpoints and CSV logs in `run_dir`."
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch}", monitor=monitor, mode=mode,
-                           save_top_k=1, save_last=True)
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch}", monitor=monitor, mode=mode, save_top_k=1)
+    # every epoch's end state, for resuming (Lightning's save_last writes only when the best improves)
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
     stop = [EarlyStopping(monitor, patience=cfg.patience, mode=mode)] if cfg.patience > 0 else []
     return L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
                      precision=resolve_precision(cfg), max_epochs=cfg.epochs, max_time=cfg.max_time,
                      deterministic="warn" if cfg.deterministic else None, logger=CSVLogger(run_dir, name="logs"),
-                     callbacks=[ckpt, EpochSync(), *stop], enable_progress_bar=cfg.enable_progress_bar,
+                     callbacks=[best, last, EpochSync(), RandomState(), *stop], enable_progress_bar=cfg.enable_progress_bar,
                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir,
                      log_every_n_steps=max(1, min(50, n_train_batches)), limit_train_batches=cfg.limit_train_batches)
 
@@ -368,7 +401,8 @@ def _fit(module: _Stage, dm: PreparedDataModule, cfg: TrainConfig, run_dir: Path
 # %% ../nbs/10_training.ipynb #97aa2220
 def _load_best(module: L.LightningModule, trainer: L.Trainer) -> str:
     "Load the best checkpoint's weights into `module` (the last ones when none was scored); return its path."
-    path = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    best, last = trainer.checkpoint_callbacks[:2]       # make_trainer's order
+    path = best.best_model_path or last.best_model_path
     if path:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
     return path
