@@ -200,6 +200,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'ecg_study.metrics._icd10cm_codes': ('metrics.html#_icd10cm_codes', 'ecg_study/metrics.py'),
                                    'ecg_study.metrics._icd10cm_titles': ('metrics.html#_icd10cm_titles', 'ecg_study/metrics.py'),
                                    'ecg_study.metrics._icd_mapper': ('metrics.html#_icd_mapper', 'ecg_study/metrics.py'),
+                                   'ecg_study.metrics._info_once': ('metrics.html#_info_once', 'ecg_study/metrics.py'),
                                    'ecg_study.metrics._label_names': ('metrics.html#_label_names', 'ecg_study/metrics.py'),
                                    'ecg_study.metrics._macro_stats': ('metrics.html#_macro_stats', 'ecg_study/metrics.py'),
                                    'ecg_study.metrics._resample_weights': ('metrics.html#_resample_weights', 'ecg_study/metrics.py'),

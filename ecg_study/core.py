@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #47163494
 from __future__ import annotations
-import csv, logging, os, random
+import csv, logging, os, random, sys
 from importlib.resources import files
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,13 +100,19 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 def get_logger(name: str = "ecg_study") -> logging.Logger:
-    "The study's logger: one stderr handler, level from `ECG_STUDY_LOG` (default INFO)."
+    """The study's logger, level from `ECG_STUDY_LOG` (default INFO): to stderr; in a notebook kernel information goes
+    to stdout and only warnings to stderr (a rendered notebook shows stderr as red boxes)."""
     log = logging.getLogger(name)
-    if not logging.getLogger("ecg_study").handlers:
-        h = logging.StreamHandler()
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        root = logging.getLogger("ecg_study")
-        root.addHandler(h); root.setLevel(os.environ.get("ECG_STUDY_LOG", "INFO"))
+    root = logging.getLogger("ecg_study")
+    if not root.handlers:
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        handlers = [logging.StreamHandler()]
+        if "ipykernel" in sys.modules:
+            handlers[0].setLevel(logging.WARNING)
+            handlers.append(logging.StreamHandler(sys.stdout))
+            handlers[1].addFilter(lambda r: r.levelno < logging.WARNING)
+        for h in handlers: h.setFormatter(fmt); root.addHandler(h)
+        root.setLevel(os.environ.get("ECG_STUDY_LOG", "INFO"))
     return log
 
 # %% ../nbs/00_core.ipynb #abc8f938

@@ -96,6 +96,11 @@ def _label_names(y_true, labels):
     return list(y_true.columns) if isinstance(y_true, pd.DataFrame) else [str(k) for k in range(np.shape(y_true)[1])]
 
 # %% ../nbs/09_metrics.ipynb #aafa0c7c
+_said = set()
+def _info_once(msg: str):
+    "Log `msg` once per process: validation scores every epoch, and the result says how many labels it skipped."
+    if msg not in _said: _said.add(msg); _log.info(msg)
+
 def per_label_auroc(y_true, y_score, labels=None) -> pd.DataFrame:
     "AUROC, positives and negatives per label (NaN = masked rows ignored); auroc is NaN for a single-class label."
     names = _label_names(y_true, labels)
@@ -110,7 +115,7 @@ def macro_auroc(y_true, y_score) -> dict:
     y, s = _check_labels(y_true, y_score)
     aucs, mean, curve = _macro_stats(y, s, np.ones((1, len(y)), int))
     n_labels = int((~np.isnan(aucs[0])).sum())
-    if n_labels < y.shape[1]: _log.info(f"macro AUROC: skipped {y.shape[1] - n_labels} of {y.shape[1]} single-class labels")
+    if n_labels < y.shape[1]: _info_once(f"macro AUROC: skipped {y.shape[1] - n_labels} of {y.shape[1]} single-class labels")
     return dict(mean_auroc=float(mean[0]), curve_auroc=float(curve[0]), n_labels=n_labels, n_skipped=y.shape[1] - n_labels)
 
 # %% ../nbs/09_metrics.ipynb #538fab0c

@@ -623,4 +623,4 @@ def train_joint(data_dir, run_dir, cfg: TrainConfig) -> dict:
     n_dx = lambda dm: sum(l.startswith(DX_PREFIX) for l in dm.labels)
     return _supervised(lambda dm: JointModule.build(cfg, n_dx(dm), dm.n_labels - n_dx(dm), dm.n_cont, dm.cat_cardinalities),
                        PreparedDataModule(data_dir, cfg, (DX_PREFIX, LAB_PREFIX), tabular=True, batch_size=cfg.pretrain_batch_size),
-                       run_dir, cfg, "joint", measure=lambda m: {f"weight_{t}": float(torch.exp(-s)) for t, s in zip(m.TASKS, m.log_vars)})
+                       run_dir, cfg, "joint", measure=lambda m: {f"weight_{t}": float(torch.exp(-s.detach())) for t, s in zip(m.TASKS, m.log_vars)})

@@ -160,6 +160,9 @@ def test_tiny_plan_end_to_end(tiny):
     assert (pd_ / "figures" / "crosscorr_before_after.png").exists() and (pd_ / "figures" / "claims_forest.svg").exists()
     nb = nbformat.read(pd_ / "method_s0_dx" / "finetune_dx.ipynb", as_version=4)    # notebooks show their plots
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    streams = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"]
+    assert any(o["name"] == "stdout" and " INFO " in o["text"] for o in streams)          # information in plain output,
+    assert not any(o["name"] == "stderr" and " INFO " in o["text"] for o in streams)      # not in a red error box
 
 def test_rerun_skips_current_steps(tiny):
     root, plan, _ = tiny
