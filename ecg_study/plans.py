@@ -118,6 +118,9 @@ def _check_runs(spec: dict, cfg_types: dict) -> list[str]:
             out.append(f"{where}: cohort {r.get('cohort', 'synthetic')!r} is not a [cohorts.*] table")
         if r.get("encoder_from") and r["encoder_from"] not in methods:
             out.append(f"{where}: encoder_from = {r['encoder_from']!r} is not a method run")
+        cfg = {k: v for k, v in {**spec.get("defaults", {}), **r}.items() if k in cfg_types}
+        try: TrainConfig.from_dict(cfg)       # values the config itself refuses (an unknown regularizer, a pull without weight)
+        except (ValueError, TypeError) as e: out.append(f"{where}: {e}")
         if r.get("kind") == "supervised" and r.get("model", r.get("name")) not in BASELINES:
             out.append(f"{where}: a supervised run's model must be one of {BASELINES} (set `model`)")
     return out

@@ -105,10 +105,10 @@ text = true
 text_hidden = [16]
 lab = false
 [[runs]]
-name = "broken"                  # an invalid objective: this run must fail alone
+name = "broken"                  # crops longer than the records (valid to the plan check, fails in the stage): it must fail alone
 kind = "supervised"
 model = "ecg_only"
-loss = "no_such_loss"
+crop = 5000
 """
 
 def test_plans_expand():
@@ -133,7 +133,7 @@ def test_tiny_plan_end_to_end(tiny):
     assert rc == 1                                                   # the broken run fails the command …
     assert json.loads((pd_ / "broken_s0" / "stamp.json").read_text())["status"] == "failed"
     assert (pd_ / "broken_s0" / "baselines.ipynb").exists()          # … keeps its executed notebook with the error
-    assert "no_such_loss" in (pd_ / "broken_s0" / "baselines.html").read_text()
+    assert "longer than the records" in (pd_ / "broken_s0" / "baselines.html").read_text()
     for step in ("method_s0_pretrain", "method_s0_dx", "method_s0_lab", "method_s0_explain", "ecg_only_s0", "intervene", "joint_s0", "l2sp_s0_dx",
                  "trimodal_s0_pretrain", "trimodal_s0_dx",
                  "realism_synthetic", "evaluate", "figures"):
