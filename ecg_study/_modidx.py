@@ -63,6 +63,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'ecg_study.cohort.default_min_label_count': ( 'cohort.html#default_min_label_count',
                                                                                 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.diagnosis_matrix': ('cohort.html#diagnosis_matrix', 'ecg_study/cohort.py'),
+                                  'ecg_study.cohort.duckdb_connection': ('cohort.html#duckdb_connection', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.feature_columns': ('cohort.html#feature_columns', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.filter_lab_labels': ('cohort.html#filter_lab_labels', 'ecg_study/cohort.py'),
                                   'ecg_study.cohort.find_table': ('cohort.html#find_table', 'ecg_study/cohort.py'),

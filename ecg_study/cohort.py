@@ -25,11 +25,12 @@ log = get_logger("ecg_study.cohort")
 __all__ = ['log', 'RAW_TABLES', 'ECG_TABLE', 'QUALITY_RULES', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN', 'BIOMETRIC_WINDOW_DAYS',
            'MM_TABLE', 'VITAL_RULES', 'BIOMETRIC_RULES', 'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT',
            'ID_COLUMNS', 'SOURCES', 'ISSUES_FILE', 'PREPARED_FILES', 'quality_counts', 'find_table', 'register_table',
-           'connect_raw', 'select_samples', 'machine_reports', 'gem_icd9_to_icd10', 'normalise_icd10_sql',
-           'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql', 'build_features', 'build_lab_tables',
-           'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels', 'default_min_label_count',
-           'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns', 'feature_columns', 'read_prepared',
-           'store_signals', 'signal_rows', 'record_counts', 'source_paths', 'raw_fingerprint', 'prepare']
+           'duckdb_connection', 'connect_raw', 'select_samples', 'machine_reports', 'gem_icd9_to_icd10',
+           'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql', 'build_features',
+           'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels',
+           'default_min_label_count', 'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns',
+           'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'record_counts', 'source_paths',
+           'raw_fingerprint', 'prepare']
 
 # %% ../nbs/03_cohort.ipynb #8d82979f
 RAW_TABLES = {  # view name -> (relative path without .csv[.gz], {column: SQL type})
@@ -107,14 +108,19 @@ def register_table(con: duckdb.DuckDBPyConnection, name: str, path: Path, column
     con.sql(f"CREATE OR REPLACE VIEW {name} AS SELECT {cols} FROM {_read_csv_sql(path)}")
 
 # %% ../nbs/03_cohort.ipynb #1c4fc1e6
+def duckdb_connection(memory_limit: str = "4GB", temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
+    "A DuckDB connection held to `memory_limit`, spilling to `temp_dir`: every source's reader opens one."
+    con = duckdb.connect()
+    con.sql(f"SET memory_limit='{memory_limit}'")
+    if temp_dir is not None: con.sql(f"SET temp_directory='{temp_dir}'")
+    return con
+
 def connect_raw(raw: Path, ecg: Path, memory_limit: str = "4GB", temp_dir: Path | None = None):
     "DuckDB connection with one typed view per raw MIMIC table (and `record_list`)."
     raw, ecg = Path(raw), Path(ecg)
     for d in (raw, raw / "hosp", raw / "ed", ecg):
         if not d.is_dir(): raise FileNotFoundError(f"missing folder: {d}")
-    con = duckdb.connect()
-    con.sql(f"SET memory_limit='{memory_limit}'")
-    if temp_dir is not None: con.sql(f"SET temp_directory='{temp_dir}'")
+    con = duckdb_connection(memory_limit, temp_dir)
     con.sql("SET preserve_insertion_order=false")
     tables = {name: (find_table(raw, stem), cols) for name, (stem, cols) in RAW_TABLES.items()}
     tables[ECG_TABLE[0]] = (find_table(ecg, ECG_TABLE[0]), ECG_TABLE[1])

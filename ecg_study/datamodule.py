@@ -34,8 +34,9 @@ class PreparedDataModule(L.LightningDataModule):
         empty = [k for k, v in self.splits.items() if not len(v)]
         if empty: raise ValueError(f"prepared dataset {data.path}: no records in the {empty} split(s)")
         prefixes = (self.labels_prefix,) if isinstance(self.labels_prefix, str) else tuple(self.labels_prefix or ())
-        self.labels = [c for p in prefixes for c in columns_with_prefix(data.cohort, p)]   # one prefix after the other
-        missing = [p for p in prefixes if not columns_with_prefix(data.cohort, p)]
+        found = {p: columns_with_prefix(data.cohort, p) for p in prefixes}
+        self.labels = [c for p in prefixes for c in found[p]]        # one prefix after the other
+        missing = [p for p in prefixes if not found[p]]
         if missing: raise ValueError(f"prepared dataset {data.path}: no {', '.join(p + '*' for p in missing)} label columns")
         self.y = label_matrix(data.cohort, self.labels) if self.labels else None
         self.preprocessor = TabularPreprocessor(prefixes=self.cfg.tab_prefixes).fit(data.cohort.iloc[self.splits["train"]]) if self.use_tabular else None

@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 from .core import LABS, atomic_write, lab_stem, record_path
-from .cohort import (ID_COLUMNS, feature_columns, filter_lab_labels, lab_abnormality_labels, label_columns,
+from .cohort import (ID_COLUMNS, duckdb_connection, feature_columns, filter_lab_labels, lab_abnormality_labels, label_columns,
                               signal_rows, record_counts, store_signals)
 
 # %% auto #0
@@ -52,8 +52,7 @@ def prepare_mds_ed(raw: Path, ecg: Path, out: Path, seed, n_jobs, progress, min_
     path = mds_ed_csv(raw)
     if ecg is None or not Path(ecg).is_dir(): raise FileNotFoundError(f"missing folder: {ecg} (MIMIC-IV-ECG, --ecg)")
     work = out / ".work"; (work / "duckdb_tmp").mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect()
-    con.sql(f"SET memory_limit='{memory_limit}'"); con.sql(f"SET temp_directory='{work / 'duckdb_tmp'}'")
+    con = duckdb_connection(memory_limit, work / "duckdb_tmp")      # insertion order kept: rowid is the file's row order
     con.sql(f"CREATE TABLE mds AS SELECT * FROM read_csv('{path}', header=true, sample_size=-1)")
     cols = [c[0] for c in con.sql("SELECT * FROM mds LIMIT 0").description]
     missing = [c for c in ("general_study_id", "general_subject_id", "general_strat_fold") if c not in cols]

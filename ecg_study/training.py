@@ -520,8 +520,8 @@ def _over_parts(stage, data_dir, run_dir, cfg: TrainConfig, encoder_ckpt=None) -
     summary = {"stage": parts[0]["stage"], "crossfit": cfg.crossfit, "parts": parts,
                **{k: parts[0][k] for k in ("n_labels", "pretrained", "freeze_depth", "regularizer") if k in parts[0]},
                **{k: [p[k] for p in parts] for k in parts[0] if k in ("encoder_drift", "nonfinite_steps") or k.startswith("weight_")}}
-    for prefix in ("", "lab_"):     # every head's predictions (a joint fit has two files)
-        if not (part_path(run_dir, 0) / f"{prefix}test_predictions.npz").exists(): continue
+    # every head's predictions, as the parts wrote them (`module.outputs`: a joint fit has two files)
+    for prefix in sorted(p.name.removesuffix("test_predictions.npz") for p in part_path(run_dir, 0).glob("*test_predictions.npz")):
         pred = pool_predictions(run_dir, cfg.crossfit, f"{prefix}test")
         res = macro_auroc(pred["y_true"], pred["y_score"])
         summary.update({f"{prefix}test_auroc": res["mean_auroc"], f"{prefix}test_auroc_curve": res["curve_auroc"],
