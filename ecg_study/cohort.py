@@ -16,7 +16,7 @@ import pandas as pd
 
 from .folds import stratification_matrix, stratified_patient_folds
 from .text import REPORT_COLUMNS, join_statements
-from .core import (ETHNICITIES, LABS, STATS, VITALS, N_SAMPLES, STUDY_LEADS, TAB_PREFIXES,
+from .core import (ETHNICITIES, LABS, LAB_LIMITS, STATS, VITALS, N_SAMPLES, STUDY_LEADS, TAB_PREFIXES,
                             atomic_write, gem_table, get_logger, lab_stem)
 
 log = get_logger("ecg_study.cohort")
@@ -57,9 +57,13 @@ ECG_TABLE = ("record_list", {"subject_id": "BIGINT", "study_id": "BIGINT", "file
 # Values no source should hold: each rule keeps a row out, or blanks a value, and is counted in the manifest
 # ("quality"). Timestamps that do not parse are NULL already (TRY_CAST); they are counted where a row then drops out.
 _q = lambda s: "'" + s.replace("'", "''") + "'"
-# the study's labs, but base excess (the one that may be negative): a negative value of one of them is an error
-_NEGATIVE = ("valuenum < 0 AND itemid IN (SELECT itemid FROM d_labitems WHERE label IN "
-             f"({', '.join(_q(l.label) for l in LABS if l.label != 'Base Excess')}))")
+# a blood value of a study lab outside its plausibility limits (core.LAB_LIMITS) is an error: a decimal slip, a unit
+# mix-up, a percentage above 100; other fluids (urine potassium) are not the study's and keep their values
+_LIMITS = ", ".join(f"({_q(s)}, {lo}, {hi})" for s, (lo, hi) in LAB_LIMITS.items())
+_IMPLAUSIBLE = ("EXISTS (SELECT 1 FROM d_labitems d JOIN (VALUES " + _LIMITS + ") AS lim(stem, lo, hi) "
+                "ON lower(regexp_replace(trim(d.label), '\\s+', '_', 'g')) = lim.stem "
+                "WHERE d.itemid = raw_labevents.itemid AND d.fluid = 'Blood' "
+                "AND NOT raw_labevents.valuenum BETWEEN lim.lo AND lim.hi)")
 _DUP = "study_id IN (SELECT study_id FROM raw_record_list WHERE study_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1)"
 QUALITY_RULES = {
     "record_list": {"keep": f"NOT coalesce({_DUP}, false)",   # two rows of one study: which waveform is it? neither
@@ -68,10 +72,10 @@ QUALITY_RULES = {
     "vitalsign": {"count": {"vitalsign_charttime_missing": "charttime IS NULL"}},
     "patients": {"set": {"anchor_age": "CASE WHEN anchor_age BETWEEN 0 AND 120 THEN anchor_age END"},
                  "count": {"patients_age_outside_0_120": "NOT anchor_age BETWEEN 0 AND 120"}},
-    "labevents": {"set": {"valuenum": f"CASE WHEN NOT coalesce({_NEGATIVE}, false) THEN valuenum END",
+    "labevents": {"set": {"valuenum": f"CASE WHEN NOT coalesce({_IMPLAUSIBLE}, false) THEN valuenum END",
                           "ref_range_lower": "CASE WHEN ref_range_lower <= ref_range_upper OR ref_range_upper IS NULL THEN ref_range_lower END",
                           "ref_range_upper": "CASE WHEN ref_range_lower <= ref_range_upper OR ref_range_lower IS NULL THEN ref_range_upper END"},
-                  "count": {"labevents_negative_value": _NEGATIVE,
+                  "count": {"labevents_implausible_value": _IMPLAUSIBLE,
                             "labevents_reference_low_above_high": "ref_range_lower > ref_range_upper",
                             "labevents_charttime_missing": "charttime IS NULL"}},
 }

@@ -12,9 +12,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['MIMIC_LEADS', 'STUDY_LEADS', 'RAW_FS', 'RAW_SAMPLES', 'FS', 'N_SAMPLES', 'CROP', 'CLIP_MV', 'STATS', 'VITALS',
-           'ETHNICITIES', 'BIOMETRICS', 'TAB_PREFIXES', 'LABS', 'LAB_BY_STEM', 'SAMPLES_ENV', 'Lab', 'lab_stem',
-           'sample_path', 'seed_everything', 'get_logger', 'read_table', 'as_number', 'record_path', 'gem_table',
-           'atomic_write']
+           'ETHNICITIES', 'BIOMETRICS', 'TAB_PREFIXES', 'LABS', 'LAB_BY_STEM', 'SAMPLES_ENV', 'LAB_LIMITS', 'Lab',
+           'lab_stem', 'sample_path', 'seed_everything', 'get_logger', 'read_table', 'as_number', 'record_path',
+           'gem_table', 'atomic_write']
 
 # %% ../nbs/00_core.ipynb #e85e2d05
 MIMIC_LEADS = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -124,6 +124,10 @@ def as_number(text: str) -> int | float:
     "A number from a data table: an int when written without a point or exponent, else a float."
     t = text.strip()
     return int(t) if t.lstrip("+-").isdigit() else float(t)
+
+# %% ../nbs/00_core.ipynb #80dd193d
+# stem -> (low, high): outside these a lab value is an error, not a patient
+LAB_LIMITS = {r["stem"]: (as_number(r["low"]), as_number(r["high"])) for r in read_table("lab_limits")}
 
 # %% ../nbs/00_core.ipynb #bf6dc8eb
 def record_path(subject_id, study_id, file_name=None) -> str:

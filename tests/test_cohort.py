@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import wfdb
 
-from ecg_study.core import MIMIC_LEADS, STUDY_LEADS
+from ecg_study.core import LABS, LAB_LIMITS, MIMIC_LEADS, STUDY_LEADS, lab_stem
 from ecg_study.cohort import prepare, read_prepared, label_columns, feature_columns, raw_fingerprint, source_paths
 from ecg_study.mds_ed import export_prepared
 
@@ -370,7 +370,12 @@ def test_quality_rules_drop_or_blank_and_count(tmp_path):
     f0, f1, f2, f3 = FILLERS[:4]
     le = pd.read_csv(raw / "hosp" / "labevents.csv.gz")
     bad = le[le.subject_id == f0].iloc[:1].copy()
-    le = pd.concat([le, bad.assign(valuenum=-4.0, value="-4.0", charttime=t(5)),                # negative potassium
+    lim = {l.itemid: LAB_LIMITS[lab_stem(l.label)] for l in LABS}
+    known = le.valuenum.notna() & le.itemid.isin(lim)
+    n_before = int((known & ~le[known].apply(lambda r: lim[r.itemid][0] <= r.valuenum <= lim[r.itemid][1], axis=1)).sum())
+    assert bad.itemid.item() in lim
+    le = pd.concat([le, bad.assign(valuenum=-4.0, value="-4.0", charttime=t(5)),                # below any lab's limits
+                    bad.assign(valuenum=4.1e6, value="4.1e6", charttime=t(6)),                 # a unit error
                     bad.assign(ref_range_lower=6.0, ref_range_upper=3.0),                      # low above high
                     bad.assign(itemid=50802, valuenum=-6.0, value="-6.0")])                    # base excess may be negative
     gz(le, raw / "hosp" / "labevents.csv.gz")
@@ -388,7 +393,10 @@ def test_quality_rules_drop_or_blank_and_count(tmp_path):
                 write_dir=str(raw / "ecg" / Path(f4.path).parent))
     m = prepare("synthetic", raw, tmp_path / "ds", min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
     q, cohort = m["quality"], read_prepared(tmp_path / "ds")[0]
-    assert q["labevents_negative_value"] == 1 and q["labevents_reference_low_above_high"] == 1
+    assert q["labevents_implausible_value"] == n_before + 2 and q["labevents_reference_low_above_high"] == 1
+    assert all(cohort[f"labvalues_{s}_{k}"].dropna().between(lo, hi).all()          # what prepare passes on is plausible
+               for s, (lo, hi) in LAB_LIMITS.items() for k in ("min", "max")
+               if f"labvalues_{s}_{k}" in cohort and s != "creatinine")                # build_raw's creatinine is urine's
     be = [c for c in cohort if c.startswith("labvalues_base_excess")]
     assert be and (cohort.loc[cohort.subject_id == f0, be].min(axis=1) < 0).all()           # kept as measured
     assert q["patients_age_outside_0_120"] == 1 and cohort.loc[cohort.subject_id == f1, "demographics_age"].isna().all()

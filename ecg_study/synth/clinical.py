@@ -8,15 +8,16 @@ import math
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
-from ..core import as_number, read_table
+from ..core import LAB_LIMITS, as_number, read_table
 from .ecg import ECG_EFFECTS, TERRITORIES
 
 # %% auto #0
 __all__ = ['CONDITIONS', 'COND_BY_NAME', 'CONDITION_NAMES', 'EXCLUSIVE', 'CODING', 'ICD_CODES', 'COMBINATION_CODES',
            'EXTRA_CODES', 'NOISE_CODES', 'SYMPTOM_CODES', 'ICD_TITLES', 'LAB_MODEL', 'LAB_EFFECTS', 'DERIVED_LABS',
            'RACES', 'YEAR_GROUPS', 'CHRONIC', 'ACUTE', 'COMPLAINTS', 'COMPLAINT_SYMPTOM', 'COMPLAINT_RULES',
-           'SPURIOUS_RATE', 'Condition', 'sample_condition', 'apply_exclusions', 'LabEffect', 'true_labs',
-           'sample_patients', 'sample_stays', 'sample_vitals', 'ecg_state', 'sample_ecgs', 'stay_codes', 'ed_codes']
+           'SPURIOUS_RATE', 'Condition', 'sample_condition', 'apply_exclusions', 'LabEffect', 'within_limits',
+           'true_labs', 'sample_patients', 'sample_stays', 'sample_vitals', 'ecg_state', 'sample_ecgs', 'stay_codes',
+           'ed_codes']
 
 # %% ../../nbs/01a_synth_clinical.ipynb #b55f561c
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ LAB_MODEL = {r["stem"]: (as_number(r["centre"]), as_number(r["sd"]), r["log_norm
 
 @dataclass(frozen=True)
 class LabEffect:
-    "A condition's effect on one lab: op 'add' (lab unit), 'mul' (factor) or 'set' (N(mean, sd))."
+    "A condition's effect on one lab: op 'add' (lab unit), 'mul' (factor), 'set' (N(mean, sd)) or 'set_log' (mean × e^N(0, sd))."
     condition: str
     stem: str
     op: str
@@ -134,6 +135,10 @@ class LabEffect:
 # one row per effect (`data/lab_effects.csv`); an empty sd or abnormality takes the default
 LAB_EFFECTS = [LabEffect(r["condition"], r["stem"], r["op"], as_number(r["value"]), as_number(r["sd"]) if r["sd"] else 0.0,
                          r["abnormality"] or None) for r in read_table("lab_effects")]
+def within_limits(stem: str, x) -> np.ndarray:
+    "Values of lab `stem` clipped into its plausibility limits (`core.LAB_LIMITS`): the simulator draws no impossible value."
+    return np.clip(x, *LAB_LIMITS[stem])
+
 DERIVED_LABS = ["hematocrit", "red_blood_cells", "pt", "free_calcium", "chloride", "absolute_basophil_count",
                 "absolute_eosinophil_count", "absolute_lymphocyte_count"]
 
@@ -164,14 +169,15 @@ def true_labs(states: dict, female: np.ndarray, rng: np.random.Generator) -> pd.
         sev = np.exp(rng.normal(0, .25, n))
         if e.op == "add": v[e.stem] = v[e.stem] + on * e.value * sev
         elif e.op == "mul": v[e.stem] = v[e.stem] * np.where(on, e.value ** sev, 1.0)
-        else: v[e.stem] = np.where(on, rng.normal(e.value, e.sd, n), v[e.stem])
+        elif e.op == "set": v[e.stem] = np.where(on, rng.normal(e.value, e.sd, n), v[e.stem])
+        else: v[e.stem] = np.where(on, e.value * np.exp(rng.normal(0, e.sd, n)), v[e.stem])   # 'set_log'
     # the electrolyte disorders are *defined* by the lab: keep the set values on the right side
     v["potassium"] = np.where(states["hyperkalaemia"] == 1, np.maximum(v["potassium"], 5.3), v["potassium"])
     v["potassium"] = np.where(states["hypokalaemia"] == 1, np.minimum(v["potassium"], 3.25), v["potassium"])
     v["calcium,_total"] = np.where(states["hypocalcaemia"] == 1, np.minimum(v["calcium,_total"], 8.3), v["calcium,_total"])
     v["hemoglobin"] = np.where(states["anaemia"] == 1, np.minimum(v["hemoglobin"], 12.0), v["hemoglobin"])
     _derive(v, rng, n)
-    return pd.DataFrame({s: v[s] for s in LAB_MODEL})
+    return pd.DataFrame({s: within_limits(s, v[s]) for s in LAB_MODEL})
 
 # %% ../../nbs/01a_synth_clinical.ipynb #e8d60108
 RACES = {"WHITE": .55, "BLACK/AFRICAN AMERICAN": .15, "HISPANIC/LATINO - PUERTO RICAN": .04, "HISPANIC OR LATINO": .03,

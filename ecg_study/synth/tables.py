@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from ..core import LABS, LAB_BY_STEM, as_number, lab_stem, read_table
 from .clinical import (CONDITION_NAMES, ICD_TITLES, LAB_MODEL, _YEAR_S, _choice, _year_start, ed_codes,
-                                      stay_codes)
+                                      stay_codes, within_limits)
 from .ecg import MM_COLUMNS
 
 # %% auto #0
@@ -82,8 +82,9 @@ def _lab_part(stem, idx, draw, stays, labs, mi, chart, store, specimen, priority
         if stem in ("troponin_t", "creatine_kinase,_mb_isoenzyme") and draw: true = true * np.where(mi[idx], 2.5, 1.0)
     if stem in LAB_MODEL and LAB_MODEL[stem][2]: x = true * np.exp(rng.normal(0, .04, m))      # assay noise: 4 % ...
     else: x = true + rng.normal(0, .2 * (LAB_MODEL[stem][1] if stem in LAB_MODEL else 1.0), m)     # ... or a fifth of the population sd
-    x = np.where(rng.random(m) < .003, x * 10, x)                                     # decimal slip
-    x = np.round(np.maximum(x, 0) if stem not in ("base_excess",) else x, dec) + 0.0   # + 0.0: no "-0"
+    x = within_limits(stem, x) if stem in LAB_MODEL else np.maximum(x, 0)
+    x = np.where(rng.random(m) < .003, x * 10, x)                                     # decimal slip (prepare blanks the implausible ones)
+    x = np.round(x, dec) + 0.0                                                        # + 0.0: no "-0"
     value = _format_values(stem, x) if stem in LAB_MODEL else np.char.mod(f"%.{dec}f", x)
     comments = np.full(m, "", dtype=object)
     valuenum = x.astype(float)

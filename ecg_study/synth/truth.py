@@ -114,7 +114,7 @@ def causal_graph() -> dict:
     edges += [dict(source=k, target=c10, kind="icd", icd9=c9, extra=True) for k, v in EXTRA_CODES.items() for c10, c9, _ in v]
     edges += [dict(source=e.condition, target=e.stem, kind="lab", op=e.op, value=e.value,
                    direction="+" if (e.op == "mul" and e.value > 1) or (e.op == "add" and e.value > 0) or
-                   (e.op == "set" and e.value > LAB_MODEL[e.stem][0]) else "-", abnormality=e.abn) for e in LAB_EFFECTS]
+                   (e.op in ("set", "set_log") and e.value > LAB_MODEL[e.stem][0]) else "-", abnormality=e.abn) for e in LAB_EFFECTS]
     edges += [dict(source=c, target=f, kind="ecg") for c, fs in ECG_SIGNS.items() for f in fs]
     edges += [dict(source=l, target=f, kind="lab_ecg", direction=d, scaled_by="coupling") for l, f, d in LAB_ECG]
     edges += [dict(source=l, target=f, kind="vital_ecg", direction=d) for l, f, d in VITAL_ECG]
