@@ -101,12 +101,12 @@ def folder_mb(path: Path) -> float: return round(sum(f.stat().st_size for f in p
 
 def bench_sql(root: Path, work: Path, memory_limit: str) -> dict:
     "Seconds per cohort SQL step (the `mimic` path without signals), peak RSS and the DuckDB temp folder's peak size."
-    from ecg_study import cohort as co
+    from ecg_study import cohort as co, raw_tables
     steps, t0 = {}, time.time()
     disk = DiskPeak(work); disk.start()
     def lap(name):
         nonlocal t0; steps[name] = round(time.time() - t0, 2); t0 = time.time()
-    con = co.connect_raw(root, root / "ecg", memory_limit, work); lap("connect + layout checks")
+    con = raw_tables.connect_raw(root, root / "ecg", memory_limit, work); lap("connect + layout checks")
     co.select_samples(con); lap("samples (ECG in ED window)")
     co.build_diagnoses(con, co.gem_icd9_to_icd10()); lap("diagnoses (GEM, ancestors)")
     thr = co.build_lab_tables(con); lap("lab fluids, ref-range medians, lab rows (2 labevents scans)")

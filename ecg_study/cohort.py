@@ -10,132 +10,25 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 
 from .folds import stratification_matrix, stratified_patient_folds
 from .text import REPORT_COLUMNS, join_statements
-from .core import (ETHNICITIES, LABS, LAB_LIMITS, STATS, VITALS, N_SAMPLES, STUDY_LEADS, TAB_PREFIXES,
+from .raw_tables import connect_raw, find_table, quality_counts, raw_fingerprint, register_table, source_paths
+from .core import (ETHNICITIES, LABS, STATS, VITALS, N_SAMPLES, STUDY_LEADS, TAB_PREFIXES,
                             atomic_write, gem_table, get_logger, lab_stem)
 
 log = get_logger("ecg_study.cohort")
 
 # %% auto #0
-__all__ = ['log', 'RAW_TABLES', 'ECG_TABLE', 'QUALITY_RULES', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN', 'BIOMETRIC_WINDOW_DAYS',
-           'MM_TABLE', 'VITAL_RULES', 'BIOMETRIC_RULES', 'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT',
-           'ID_COLUMNS', 'SOURCES', 'ISSUES_FILE', 'PREPARED_FILES', 'quality_counts', 'find_table', 'register_table',
-           'duckdb_connection', 'connect_raw', 'select_samples', 'machine_reports', 'gem_icd9_to_icd10',
-           'normalise_icd10_sql', 'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql', 'build_features',
-           'build_lab_tables', 'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels',
-           'default_min_label_count', 'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns',
-           'feature_columns', 'read_prepared', 'store_signals', 'signal_rows', 'record_counts', 'source_paths',
-           'raw_fingerprint', 'prepare']
-
-# %% ../nbs/03_cohort.ipynb #8d82979f
-RAW_TABLES = {  # view name -> (relative path without .csv[.gz], {column: SQL type})
-    "patients": ("hosp/patients", {"subject_id": "BIGINT", "gender": "VARCHAR", "anchor_age": "DOUBLE",
-                                   "anchor_year": "INTEGER"}),
-    "diagnoses_icd": ("hosp/diagnoses_icd", {"subject_id": "BIGINT", "hadm_id": "BIGINT",
-                                             "icd_code": "VARCHAR", "icd_version": "INTEGER"}),
-    "d_labitems": ("hosp/d_labitems", {"itemid": "BIGINT", "label": "VARCHAR", "fluid": "VARCHAR"}),
-    "labevents": ("hosp/labevents", {"subject_id": "BIGINT", "itemid": "BIGINT", "charttime": "TIMESTAMP",
-                                     "valuenum": "DOUBLE", "ref_range_lower": "DOUBLE",
-                                     "ref_range_upper": "DOUBLE"}),
-    "omr": ("hosp/omr", {"subject_id": "BIGINT", "chartdate": "DATE", "seq_num": "INTEGER",
-                         "result_name": "VARCHAR", "result_value": "DOUBLE"}),
-    "edstays": ("ed/edstays", {"subject_id": "BIGINT", "hadm_id": "BIGINT", "stay_id": "BIGINT",
-                               "intime": "TIMESTAMP", "race": "VARCHAR", "gender": "VARCHAR"}),
-    "triage": ("ed/triage", {"stay_id": "BIGINT", "acuity": "DOUBLE"}),
-    "vitalsign": ("ed/vitalsign", {"stay_id": "BIGINT", "charttime": "TIMESTAMP", **{v: "DOUBLE" for v in VITALS}}),
-    "ed_diagnosis": ("ed/diagnosis", {"stay_id": "BIGINT", "icd_code": "VARCHAR", "icd_version": "INTEGER"}),
-}
-ECG_TABLE = ("record_list", {"subject_id": "BIGINT", "study_id": "BIGINT", "file_name": "VARCHAR",
-                             "ecg_time": "TIMESTAMP", "path": "VARCHAR"})
-
-# %% ../nbs/03_cohort.ipynb #8175d1ed
-# Values no source should hold: each rule keeps a row out, or blanks a value, and is counted in the manifest
-# ("quality"). Timestamps that do not parse are NULL already (TRY_CAST); they are counted where a row then drops out.
-_q = lambda s: "'" + s.replace("'", "''") + "'"
-# a blood value of a study lab outside its plausibility limits (core.LAB_LIMITS) is an error: a decimal slip, a unit
-# mix-up, a percentage above 100; other fluids (urine potassium) are not the study's and keep their values
-_LIMITS = ", ".join(f"({_q(s)}, {lo}, {hi})" for s, (lo, hi) in LAB_LIMITS.items())
-_IMPLAUSIBLE = ("EXISTS (SELECT 1 FROM d_labitems d JOIN (VALUES " + _LIMITS + ") AS lim(stem, lo, hi) "
-                "ON lower(regexp_replace(trim(d.label), '\\s+', '_', 'g')) = lim.stem "
-                "WHERE d.itemid = raw_labevents.itemid AND d.fluid = 'Blood' "
-                "AND NOT raw_labevents.valuenum BETWEEN lim.lo AND lim.hi)")
-_DUP = "study_id IN (SELECT study_id FROM raw_record_list WHERE study_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1)"
-QUALITY_RULES = {
-    "record_list": {"keep": f"NOT coalesce({_DUP}, false)",   # two rows of one study: which waveform is it? neither
-                    "count": {"record_list_duplicate_study_id": _DUP, "record_list_ecg_time_missing": "ecg_time IS NULL"}},
-    "edstays": {"count": {"edstays_intime_missing": "intime IS NULL"}},
-    "vitalsign": {"count": {"vitalsign_charttime_missing": "charttime IS NULL"}},
-    "patients": {"set": {"anchor_age": "CASE WHEN anchor_age BETWEEN 0 AND 120 THEN anchor_age END"},
-                 "count": {"patients_age_outside_0_120": "NOT anchor_age BETWEEN 0 AND 120"}},
-    "labevents": {"set": {"valuenum": f"CASE WHEN NOT coalesce({_IMPLAUSIBLE}, false) THEN valuenum END",
-                          "ref_range_lower": "CASE WHEN ref_range_lower <= ref_range_upper OR ref_range_upper IS NULL THEN ref_range_lower END",
-                          "ref_range_upper": "CASE WHEN ref_range_lower <= ref_range_upper OR ref_range_lower IS NULL THEN ref_range_upper END"},
-                  "count": {"labevents_implausible_value": _IMPLAUSIBLE,
-                            "labevents_reference_low_above_high": "ref_range_lower > ref_range_upper",
-                            "labevents_charttime_missing": "charttime IS NULL"}},
-}
-
-def quality_counts(con) -> dict[str, int]:
-    "Rows each quality rule caught, one scan per table (`raw_<table>` views of `connect_raw`)."
-    out = {}
-    for name, rule in QUALITY_RULES.items():
-        conds = rule["count"]
-        row = con.execute(f"SELECT {', '.join(f'count(*) FILTER (WHERE {c})' for c in conds.values())} FROM raw_{name}").fetchall()[0]
-        out.update({k: int(v) for k, v in zip(conds, row)})
-    return out
-
-# %% ../nbs/03_cohort.ipynb #144a4a52
-def find_table(folder: Path, stem: str) -> Path:
-    "Path of `stem.csv.gz` (or `stem.csv`) under `folder`; a clear error naming it when absent."
-    for ext in (".csv.gz", ".csv"):
-        p = Path(folder) / f"{stem}{ext}"
-        if p.exists(): return p
-    raise FileNotFoundError(f"missing table: {Path(folder) / stem}.csv.gz (nor .csv)")
-
-def _read_csv_sql(path: Path) -> str:
-    return (f"read_csv('{path}', header=true, all_varchar=true, delim=',', quote='\"', escape='\"', "
-            "strict_mode=false, null_padding=true)")
-
-def register_table(con: duckdb.DuckDBPyConnection, name: str, path: Path, columns: dict[str, str]):
-    "Create view `name` over the CSV at `path` with `columns` cast (unparseable text -> NULL)."
-    try: have = [c[0] for c in con.execute(f"SELECT * FROM {_read_csv_sql(path)} LIMIT 0").description]
-    except duckdb.Error as e: raise ValueError(f"cannot read {path}: {e}") from e
-    missing = [c for c in columns if c not in have]
-    if missing: raise ValueError(f"wrong layout: {path} lacks columns {missing} (has {have})")
-    cols = ", ".join(f'TRY_CAST(trim("{c}") AS {t}) AS "{c}"' if t != "VARCHAR" else f'"{c}"'
-                     for c, t in columns.items())
-    con.sql(f"CREATE OR REPLACE VIEW {name} AS SELECT {cols} FROM {_read_csv_sql(path)}")
-
-# %% ../nbs/03_cohort.ipynb #1c4fc1e6
-def duckdb_connection(memory_limit: str = "4GB", temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
-    "A DuckDB connection held to `memory_limit`, spilling to `temp_dir`: every source's reader opens one."
-    con = duckdb.connect()
-    con.sql(f"SET memory_limit='{memory_limit}'")
-    if temp_dir is not None: con.sql(f"SET temp_directory='{temp_dir}'")
-    return con
-
-def connect_raw(raw: Path, ecg: Path, memory_limit: str = "4GB", temp_dir: Path | None = None):
-    "DuckDB connection with one typed view per raw MIMIC table (and `record_list`)."
-    raw, ecg = Path(raw), Path(ecg)
-    for d in (raw, raw / "hosp", raw / "ed", ecg):
-        if not d.is_dir(): raise FileNotFoundError(f"missing folder: {d}")
-    con = duckdb_connection(memory_limit, temp_dir)
-    con.sql("SET preserve_insertion_order=false")
-    tables = {name: (find_table(raw, stem), cols) for name, (stem, cols) in RAW_TABLES.items()}
-    tables[ECG_TABLE[0]] = (find_table(ecg, ECG_TABLE[0]), ECG_TABLE[1])
-    for name, (path, cols) in tables.items():
-        if name not in QUALITY_RULES: register_table(con, name, path, cols); continue
-        register_table(con, f"raw_{name}", path, cols)       # the typed table; the view of its name applies the rules
-        rule = QUALITY_RULES[name]
-        exprs = {c: rule.get("set", {}).get(c, f'"{c}"') for c in cols}
-        select = ", ".join(f'{e} AS "{c}"' for c, e in exprs.items())
-        con.sql(f"CREATE OR REPLACE VIEW {name} AS SELECT {select} FROM raw_{name} WHERE {rule.get('keep', 'true')}")
-    return con
+__all__ = ['log', 'WINDOW_MIN', 'LAB_LABEL_WINDOW_MIN', 'BIOMETRIC_WINDOW_DAYS', 'MM_TABLE', 'VITAL_RULES', 'BIOMETRIC_RULES',
+           'ACUITY_RANGE', 'MDS_ED_SAMPLES', 'MDS_ED_MIN_COUNT', 'ID_COLUMNS', 'SOURCES', 'ISSUES_FILE',
+           'PREPARED_FILES', 'select_samples', 'machine_reports', 'gem_icd9_to_icd10', 'normalise_icd10_sql',
+           'build_diagnoses', 'stats_sql', 'wide_stats', 'race_group_sql', 'build_features', 'build_lab_tables',
+           'closest_lab_values', 'lab_abnormality_labels', 'filter_lab_labels', 'default_min_label_count',
+           'diagnosis_matrix', 'package_version', 'sha256_file', 'label_columns', 'feature_columns', 'read_prepared',
+           'store_signals', 'signal_rows', 'record_counts', 'prepare']
 
 # %% ../nbs/03_cohort.ipynb #a028e964
 WINDOW_MIN = 90   # ECG, vitals and labs window after ED arrival (minutes)
@@ -517,27 +410,6 @@ def _prepare_mimic(raw: Path, ecg: Path, out: Path, min_label_count, seed, n_job
              "lab_thresholds": _records(thresholds.reset_index())}
     con.close()
     return cohort, counts, extra, keep
-
-# %% ../nbs/03_cohort.ipynb #b2deff3a
-def source_paths(source: str, raw, ecg=None) -> tuple[Path, Path | None]:
-    "The raw source and the MIMIC-IV-ECG folder a cohort is built from (default `raw/ecg`; MDS-ED: none unless given)."
-    raw = Path(raw).resolve()
-    if ecg is None and source != "mds_ed": ecg = raw / "ecg"
-    return raw, None if ecg is None else Path(ecg).resolve()
-
-def raw_fingerprint(raw: Path, ecg: Path | None) -> str:
-    """Hash of the names, sizes and modification times of the raw tables and WFDB records: a rewritten table or a
-    re-downloaded record makes the dataset stale. Stat calls only (MIMIC-IV-ECG's 1.6 M record files take seconds)."""
-    files = [raw] if raw.is_file() else sorted([*raw.glob("hosp/*.csv*"), *raw.glob("ed/*.csv*"), *raw.glob("*.csv*")])
-    names = [f.name for f in files]
-    if ecg is not None and ecg.is_dir():
-        tables = [f for f in (ecg / "record_list.csv", ecg / "machine_measurements.csv") if f.exists()]
-        records = sorted(f for f in (ecg / "files").rglob("*") if f.suffix in (".hea", ".dat"))
-        files += tables + records; names += [f.name for f in tables] + [str(f.relative_to(ecg)) for f in records]
-    h = hashlib.sha256()
-    for name, f in zip(names, files):
-        st = f.stat(); h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
 
 # %% ../nbs/03_cohort.ipynb #a4973ff2
 PREPARED_FILES = {"cohort.parquet", "signals.npy", "manifest.json", ISSUES_FILE, ".work"}   # all a prepared dataset folder holds

@@ -12,7 +12,7 @@ from .datasets import load_prepared, make_loaders, split_indices
 from .models import over_windows
 from .run_config import TrainConfig, load_checkpoint
 from .tabular import TabularPreprocessor
-from .training import PretrainModule, _tab
+from .stage_modules import PretrainModule, tab_inputs
 
 # %% auto #0
 __all__ = ['load_pretrained', 'embed']
@@ -43,7 +43,7 @@ def embed(data_dir, encoder_ckpt, split: str = "test", pretrained: bool = True, 
     out = {k: [] for k in ("rows", "h_ecg", "h_tab", "z_ecg", "z_tab")}
     for b in loader:
         h_ecg = over_windows(module.ecg, b["x"])
-        h_tab = module.tab(*_tab(b))
+        h_tab = module.tab(*tab_inputs(b))
         for k, v in zip(out, (b["row"], h_ecg, h_tab, module.proj_ecg(h_ecg), module.proj_tab(h_tab))): out[k].append(v)
     out = {k: torch.cat(v).numpy() for k, v in out.items()}
     return out | {"study_ids": data.cohort["study_id"].to_numpy()[out["rows"]]}

@@ -16,7 +16,7 @@ from .signals import lead_columns, preprocess
 from .synth.records import regenerate_record
 from .wfdb_write import ADC_GAIN, to_adc
 from .run_config import TrainConfig, load_checkpoint
-from .training import DiagnosisModule, JointModule, LabModule
+from .stage_modules import DiagnosisModule, JointModule, LabModule
 
 # %% auto #0
 __all__ = ['INTERVENTIONS', 'intervened_signals', 'load_head', 'head_logits', 'intervention_signals', 'intervention_signs',

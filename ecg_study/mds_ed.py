@@ -10,7 +10,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 from .core import LABS, atomic_write, lab_stem, record_path
-from .cohort import (ID_COLUMNS, duckdb_connection, feature_columns, filter_lab_labels, lab_abnormality_labels, label_columns,
+from .raw_tables import duckdb_connection
+from .cohort import (ID_COLUMNS, feature_columns, filter_lab_labels, lab_abnormality_labels, label_columns,
                               signal_rows, record_counts, store_signals)
 
 # %% auto #0

@@ -5,7 +5,6 @@ words fitted on the training folds (scikit-learn's `CountVectorizer`), and a sma
 
 # %% ../nbs/06a_text.ipynb #c34dd61d
 from __future__ import annotations
-from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch

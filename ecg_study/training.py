@@ -4,12 +4,11 @@
 
 # %% ../nbs/10_training.ipynb #36eb6f51
 from __future__ import annotations
-import contextlib, copy, hashlib, json, logging, random, re, shutil, time, warnings
+import contextlib, hashlib, json, logging, random, re, shutil, time, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -18,282 +17,17 @@ from .core import get_logger
 from .datamodule import PreparedDataModule
 from .datasets import DX_PREFIX, LAB_PREFIX
 from .metrics import macro_auroc
-from .models import (FusionModel, MLPHead, Projector, freeze_encoder, gather_batch, globalize_batchnorm, over_windows,
-                              weight_drift)
-from .objectives import cross_modal_loss, feature_distillation, l2sp_penalty, masked_bce, uncertainty_weighted
-from .run_config import (BASELINES, TrainConfig, load_checkpoint, load_predictions, make_ecg_encoder, make_tab_encoder,
-                                  make_text_encoder, part_path)
-from .s4 import ssm_parameter_groups
-from torch import nn
+from .models import weight_drift
+from .run_config import BASELINES, TrainConfig, load_checkpoint, load_predictions, part_path
+from .stage_modules import (DiagnosisModule, FusionModule, JointModule, LabModule, PretrainModule, TabularModule,
+                                     StageModule)
 
 log = get_logger("ecg_study.training")
 
 # %% auto #0
-__all__ = ['log', 'RUNTIME_FIELDS', 'embedding_std', 'cross_modal_objective', 'projectors', 'PretrainModule', 'DiagnosisModule',
-           'LabModule', 'FusionModule', 'TabularModule', 'JointModule', 'EpochSync', 'RandomState', 'resolve_precision',
-           'make_trainer', 'run_fingerprint', 'predict', 'save_predictions', 'open_run', 'close_run',
-           'pool_predictions', 'pretrain', 'finetune_dx', 'finetune_lab', 'train_baseline', 'train_joint']
-
-# %% ../nbs/10_training.ipynb #9cb70d5a
-def _tab(batch: dict) -> tuple[torch.Tensor, ...] | None:
-    return (batch["tab_cont"], batch["tab_mask"], batch["tab_cat"]) if "tab_cont" in batch else None
-
-def _repeat(tab, n: int):
-    "Repeat each record's tabular input once per evaluation window."
-    return None if tab is None else tuple(t.repeat_interleave(n, 0) for t in tab)
-
-class _Stage(L.LightningModule):
-    "AdamW over all trainable parameters with the S4 parameter groups; `monitor` and `mode`: the figure a fit is selected on."
-    monitor, mode = "val_auroc", "max"
-
-    def __init__(self, cfg: TrainConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.save_hyperparameters({"cfg": cfg.to_dict()})
-
-    def configure_optimizers(self):
-        c = self.cfg
-        return torch.optim.AdamW(ssm_parameter_groups(self, lr=c.lr, weight_decay=c.weight_decay, lr_ssm=c.lr_ssm))
-
-# %% ../nbs/10_training.ipynb #a7733e84
-class _Supervised(_Stage):
-    """Multi-label training with masked (focal) BCE; records scored as the mean over their windows. `outputs`: the
-    prediction files a fit writes (file prefix → its label columns); validation selects on the first one's columns."""
-    outputs = {"": slice(None)}
-
-    def logits(self, x: torch.Tensor | None, tab) -> torch.Tensor: raise NotImplementedError
-
-    def record_probs(self, batch: dict) -> torch.Tensor:
-        "Per-record probabilities (B, K): sigmoid outputs averaged over the evaluation windows."
-        x, tab = batch.get("x"), _tab(batch)
-        if x is None or x.dim() == 3: return torch.sigmoid(self.logits(x, tab).float())
-        return over_windows(lambda w: torch.sigmoid(self.logits(w, _repeat(tab, x.shape[1])).float()), x)
-
-    def bce(self, logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_bce(logits, y, mask, self.cfg.focal_gamma if self.cfg.focal else 0.0)
-
-    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        "The training loss (`loss`) and the parts logged beside it."
-        return {"loss": self.bce(self.logits(batch.get("x"), _tab(batch)), batch["y"], batch["y_mask"])}
-
-    def __init__(self, cfg: TrainConfig):
-        super().__init__(cfg)
-        self.nonfinite_steps = 0      # training steps whose loss was not finite: kept across a resume
-
-    def on_save_checkpoint(self, checkpoint): checkpoint["nonfinite_steps"] = self.nonfinite_steps
-    def on_load_checkpoint(self, checkpoint): self.nonfinite_steps = checkpoint.get("nonfinite_steps", 0)
-
-    def training_step(self, batch, batch_idx):
-        parts = self.losses(batch)
-        self.nonfinite_steps += int(not torch.isfinite(parts["loss"]))    # divergences, reported in the summary
-        self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True, batch_size=len(batch["y"]))
-        return parts["loss"]
-
-    def on_validation_epoch_start(self): self._val = []
-
-    def validation_step(self, batch, batch_idx):
-        k = next(iter(self.outputs.values()))
-        self._val.append((batch["row"], self.record_probs(batch)[:, k], batch["y"][:, k], batch["y_mask"][:, k]))
-
-    def on_validation_epoch_end(self):
-        row, p, y, m = (torch.cat(t) for t in zip(*self._val))
-        if self.trainer.world_size > 1:     # DDP: score the whole validation fold, padding duplicates removed
-            row, p, y, m = (self.all_gather(t).flatten(0, 1) for t in (row, p, y, m))
-            row, first = np.unique(row.cpu().numpy(), return_index=True)
-            p, y, m = p[first], y[first], m[first]
-        y_true = torch.where(m, y, torch.nan).cpu().numpy()
-        res = macro_auroc(y_true, p.cpu().numpy())
-        p = p.clamp(1e-6, 1 - 1e-6)     # BCE of the window-averaged probabilities, written out (autocast-safe)
-        nll = -(y * p.log() + (1 - y) * (1 - p).log())
-        self.log_dict({"val_auroc": res["mean_auroc"], "val_auroc_curve": res["curve_auroc"],
-                       "val_loss": float((nll * m).sum() / m.sum().clamp_min(1))})
-        self._val = []
-
-    def predict_step(self, batch, batch_idx):
-        return {"row": batch["row"], "p": self.record_probs(batch)}
-
-# %% ../nbs/10_training.ipynb #7fcfff37
-def embedding_std(z: torch.Tensor) -> torch.Tensor:
-    "Mean over dimensions of the std of L2-normalised embeddings (collapse monitor)."
-    return F.normalize(z.float(), dim=1).std(0).mean()
-
-def cross_modal_objective(cfg: TrainConfig, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
-    "`cfg`'s cross-modal loss of the ECG and tabular projections (B, D), its parts and the collapse monitor."
-    kw = ({"lambd": cfg.lambd} if cfg.loss == "barlow_twins" else {}) | cfg.loss_kwargs
-    with torch.autocast(z1.device.type, enabled=False):   # a D×D correlation needs float32
-        loss, parts = cross_modal_loss(cfg.loss, z1.float(), z2.float(), **kw)
-    return {"loss": loss, **parts, "emb_std": embedding_std(z1).detach()}
-
-def projectors(cfg: TrainConfig, tab: nn.Module) -> tuple[Projector, Projector]:
-    "The ECG and tabular projectors of `cfg`'s widths."
-    return Projector(cfg.d_model, list(cfg.projector_dims)), Projector(tab.out_dim, list(cfg.projector_dims))
-
-# %% ../nbs/10_training.ipynb #d9ab047d
-class PretrainModule(_Stage):
-    """S4 ECG encoder + tabular encoder (+ the machine report's encoder when `cfg.text`) + their projectors,
-    trained with a cross-modal objective; with text, ECG ↔ tabular plus ECG ↔ text, the ECG the anchor."""
-    monitor, mode = "val_loss", "min"
-    def __init__(self, cfg: TrainConfig, ecg: nn.Module, tab: nn.Module, proj_ecg: nn.Module, proj_tab: nn.Module,
-                 text: nn.Module | None = None, proj_text: nn.Module | None = None):
-        super().__init__(cfg)
-        self.ecg, self.tab, self.proj_ecg, self.proj_tab, self.text, self.proj_text = ecg, tab, proj_ecg, proj_tab, text, proj_text
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, n_cont: int, cat_cardinalities: list[int], n_terms: int = 0) -> "PretrainModule":
-        "Fresh encoders and projectors of `cfg`'s sizes; built in this order, a seed fixes the initial weights."
-        ecg, tab = make_ecg_encoder(cfg), make_tab_encoder(cfg, n_cont, cat_cardinalities)
-        views = projectors(cfg, tab)
-        if not cfg.text: return cls(cfg, ecg, tab, *views)
-        text = make_text_encoder(cfg, n_terms)
-        return cls(cfg, ecg, tab, *views, text, Projector(text.out_dim, list(cfg.projector_dims)))
-
-    def objective(self, z_ecg: torch.Tensor, z_tab: torch.Tensor, z_text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        "The ECG ↔ tabular objective and its parts; with text, plus the ECG ↔ text objective (`loss` the sum)."
-        out = cross_modal_objective(self.cfg, z_ecg, z_tab)
-        if z_text is None: return out
-        text = cross_modal_objective(self.cfg, z_ecg, z_text)["loss"]
-        return out | {"loss": out["loss"] + text, "tab_loss": out["loss"], "text_loss": text}
-
-    def project(self, batch: dict) -> tuple[torch.Tensor, ...]:
-        "ECG and tabular (and text) projections; evaluation windows are averaged in the encoder space."
-        x = batch["x"]
-        h = over_windows(self.ecg, x) if x.dim() == 4 else self.ecg(x)
-        z = (self.proj_ecg(h), self.proj_tab(self.tab(*_tab(batch))))
-        return z + (self.proj_text(self.text(batch["text"])),) if self.text is not None else z
-
-    def setup(self, stage: str):
-        if self.trainer.world_size > 1: globalize_batchnorm(self)   # DDP: hidden-layer statistics of the global batch
-
-    def training_step(self, batch, batch_idx):
-        parts = self.objective(*(gather_batch(z) for z in self.project(batch)))   # DDP: the loss of the global batch
-        self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=True, on_epoch=True, batch_size=len(batch["x"]))
-        return parts["loss"]
-
-    def on_validation_epoch_start(self): self._val = []
-
-    def validation_step(self, batch, batch_idx):
-        self._val.append(tuple(z.float() for z in self.project(batch)))
-
-    def on_validation_epoch_end(self):
-        zs = [torch.cat(t) for t in zip(*self._val)]
-        if self.trainer.world_size > 1: zs = [self.all_gather(z).flatten(0, 1) for z in zs]
-        if len(zs[0]) > 1:
-            self.log_dict({f"val_{k}": float(v) for k, v in self.objective(*zs).items()})
-        self._val = []
-
-# %% ../nbs/10_training.ipynb #d95db66b
-def _encoder(cfg: TrainConfig, state: dict | None) -> nn.Module:
-    "An ECG encoder of `cfg`'s sizes, with `state` loaded when given."
-    ecg = make_ecg_encoder(cfg)
-    if state is not None: ecg.load_state_dict(state)
-    return ecg
-
-class DiagnosisModule(_Supervised):
-    """ECG encoder (pre-trained or random) frozen to a depth + diagnosis head Ψy; `cfg.regularizer` pulls the
-    trained layers towards the encoder it started from (L2-SP on the weights, or distillation of its embeddings)."""
-    def __init__(self, cfg: TrainConfig, ecg: nn.Module, head: nn.Module, freeze_depth: int = 0):
-        super().__init__(cfg)
-        # the starting encoder, frozen, as a plain attribute: outside state_dict, optimiser and checkpoints
-        self._start = [copy.deepcopy(ecg).eval().requires_grad_(False)] if cfg.regularizer != "none" else []
-        self.ecg, self.head = ecg, head
-        freeze_encoder(self.ecg, freeze_depth)
-
-    def on_fit_start(self):
-        super().on_fit_start()
-        if self._start: self._start[0].to(self.device)
-
-    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        x = batch["x"]
-        h = self.ecg(x)
-        parts = {"bce": self.bce(self.head(h), batch["y"], batch["y_mask"])}
-        if self.cfg.regularizer == "l2sp": parts["pull"] = l2sp_penalty(self.ecg, self._start[0])
-        elif self.cfg.regularizer == "distill":
-            with torch.no_grad(): h0 = self._start[0](x)
-            parts["pull"] = feature_distillation(h, h0)
-        return {"loss": parts["bce"] + self.cfg.reg_weight * parts.get("pull", 0.0), **parts}
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, n_out: int, encoder_state: dict | None = None, freeze_depth: int = 0):
-        ecg = _encoder(cfg, encoder_state)
-        return cls(cfg, ecg, MLPHead(cfg.d_model, n_out, hidden=cfg.head_hidden), freeze_depth)
-
-    def logits(self, x, tab): return self.head(self.ecg(x))
-
-class LabModule(_Supervised):
-    "Frozen stage-2 ECG encoder (eval mode, no gradient) + lab-abnormality head Ψm."
-    def __init__(self, cfg: TrainConfig, ecg: nn.Module, head: nn.Module):
-        super().__init__(cfg)
-        self.ecg, self.head = ecg, head
-        freeze_encoder(self.ecg, "all")
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, n_out: int, encoder_state: dict):
-        ecg = _encoder(cfg, encoder_state)
-        return cls(cfg, ecg, MLPHead(cfg.d_model, n_out, hidden=cfg.head_hidden))
-
-    def logits(self, x, tab):
-        with torch.no_grad(): h = self.ecg(x)
-        return self.head(h)
-
-# %% ../nbs/10_training.ipynb #098d950d
-class FusionModule(_Supervised):
-    "Late-fusion S4 + tabular MLP baseline (concatenated embeddings → linear head)."
-    def __init__(self, cfg: TrainConfig, model: FusionModel):
-        super().__init__(cfg)
-        self.model = model
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, n_out: int, n_cont: int, cat_cardinalities: list[int]):
-        ecg = make_ecg_encoder(cfg)
-        return cls(cfg, FusionModel(ecg, make_tab_encoder(cfg, n_cont, cat_cardinalities), n_out))
-
-    def logits(self, x, tab): return self.model(x, *tab)
-
-class TabularModule(_Supervised):
-    "Tabular-only MLP baseline."
-    def __init__(self, cfg: TrainConfig, tab: nn.Module, head: nn.Module):
-        super().__init__(cfg)
-        self.tab, self.head = tab, head
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, n_out: int, n_cont: int, cat_cardinalities: list[int]):
-        tab = make_tab_encoder(cfg, n_cont, cat_cardinalities)
-        return cls(cfg, tab, MLPHead(tab.out_dim, n_out, hidden=cfg.head_hidden))
-
-    def logits(self, x, tab): return self.head(self.tab(*tab))
-
-# %% ../nbs/10_training.ipynb #19ebe7e3
-class JointModule(_Supervised):
-    "ECG and tabular encoders, projectors, diagnosis and lab heads trained together (Barlow Twins + BCE + BCE)."
-    TASKS = ("cross_modal", "dx", "lab")
-
-    def __init__(self, cfg: TrainConfig, ecg, tab, proj_ecg, proj_tab, dx_head: MLPHead, lab_head: MLPHead):
-        super().__init__(cfg)
-        self.ecg, self.tab, self.proj_ecg, self.proj_tab, self.dx_head, self.lab_head = ecg, tab, proj_ecg, proj_tab, dx_head, lab_head
-        self.log_vars = nn.Parameter(torch.zeros(len(self.TASKS)))    # sᵢ = log σᵢ², learnt
-        self.n_dx = dx_head.n_out
-        self.outputs = {"": slice(0, self.n_dx), "lab_": slice(self.n_dx, None)}   # diagnoses select the epoch
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, n_dx: int, n_lab: int, n_cont: int, cat_cardinalities: list[int]) -> "JointModule":
-        ecg, tab = make_ecg_encoder(cfg), make_tab_encoder(cfg, n_cont, cat_cardinalities)
-        return cls(cfg, ecg, tab, *projectors(cfg, tab), MLPHead(cfg.d_model, n_dx, hidden=cfg.head_hidden),
-                   MLPHead(cfg.d_model, n_lab, hidden=cfg.head_hidden))
-
-    def setup(self, stage: str):
-        if self.trainer.world_size > 1: globalize_batchnorm(self)
-
-    def logits(self, x, tab):
-        h = self.ecg(x)
-        return torch.cat([self.dx_head(h), self.lab_head(h)], 1)
-
-    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        h, y, m, k = self.ecg(batch["x"]), batch["y"], batch["y_mask"], self.n_dx
-        z = [gather_batch(z) for z in (self.proj_ecg(h), self.proj_tab(self.tab(*_tab(batch))))]   # DDP: the global batch
-        terms = {"cross_modal": cross_modal_objective(self.cfg, *z)["loss"], "dx": self.bce(self.dx_head(h), y[:, :k], m[:, :k]),
-                 "lab": self.bce(self.lab_head(h), y[:, k:], m[:, k:])}
-        weights = {f"weight_{t}": torch.exp(-s).detach() for t, s in zip(self.TASKS, self.log_vars)}
-        return {"loss": uncertainty_weighted([terms[t] for t in self.TASKS], self.log_vars), **terms, **weights}
+__all__ = ['log', 'RUNTIME_FIELDS', 'EpochSync', 'RandomState', 'resolve_precision', 'make_trainer', 'run_fingerprint', 'predict',
+           'save_predictions', 'open_run', 'close_run', 'pool_predictions', 'pretrain', 'finetune_dx', 'finetune_lab',
+           'train_baseline', 'train_joint']
 
 # %% ../nbs/10_training.ipynb #7c782d62
 class EpochSync(Callback):
@@ -381,7 +115,7 @@ def run_fingerprint(module: L.LightningModule, cfg: TrainConfig, data: dict | No
     for k, v in module.state_dict().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
-def _fit(module: _Stage, dm: PreparedDataModule, cfg: TrainConfig, run_dir: Path) -> L.Trainer:
+def _fit(module: StageModule, dm: PreparedDataModule, cfg: TrainConfig, run_dir: Path) -> L.Trainer:
     "Fit `module` on `dm` (selecting on its `monitor`), resuming from `checkpoints/last.ckpt` when `cfg.resume` and it belongs to the same run."
     dm.setup()
     trainer = make_trainer(cfg, run_dir, module.monitor, module.mode, len(dm.train_dataloader()))

@@ -9,7 +9,8 @@ import pytest
 import wfdb
 
 from ecg_study.core import LABS, LAB_LIMITS, MIMIC_LEADS, STUDY_LEADS, lab_stem
-from ecg_study.cohort import prepare, read_prepared, label_columns, feature_columns, raw_fingerprint, source_paths
+from ecg_study.cohort import prepare, read_prepared, label_columns, feature_columns
+from ecg_study.raw_tables import raw_fingerprint, source_paths
 from ecg_study.mds_ed import export_prepared
 
 T0 = datetime(2150, 3, 1, 10, 0)

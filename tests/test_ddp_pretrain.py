@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ecg_study.run_config import TrainConfig
-from ecg_study.training import PretrainModule
+from ecg_study.stage_modules import PretrainModule
 
 N, L, N_CONT, CATS = 8, 250, 5, [3, 4]
 LOSSES = ("barlow_twins", "vicreg", "info_nce")

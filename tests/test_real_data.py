@@ -306,7 +306,7 @@ def test_unmapped_icd9_counts(real):
 
 def test_rows_without_valuenum_are_not_measurements(real):
     "12.5k real rows lack valuenum (text: '___', 'NEG', '>300', ...): the typed view reads them as NULL, no error."
-    from ecg_study.cohort import connect_raw
+    from ecg_study.raw_tables import connect_raw
     le = real["tables"]["labevents"]
     no_num = le[num(le.valuenum).isna()]
     assert len(no_num) > 10_000 and {"___", "NEG", ">300"} <= set(no_num.value.dropna())
