@@ -120,8 +120,9 @@ def summarise(estimate: float, boots: np.ndarray, per_seed: list[float], null: f
     q = t.ppf(.975, df)
     lo, hi = estimate - q * se, estimate + q * se
     note = "one seed: training noise is not in the interval" if S < 2 else ""
+    p = float(2 * t.sf(abs(estimate - null) / se, df)) if se > 0 else np.nan   # the paired test the interval inverts
     return dict(estimate=float(estimate), ci_low=lo, ci_high=hi, mde=mde(se, df), verdict=verdict(lo, hi, null, direction),
-                se=se, se_patients=se_p, se_seeds=float(np.sqrt(v_s)), df=float(df), n_seeds=S, note=note)
+                p_value=p, se=se, se_patients=se_p, se_seeds=float(np.sqrt(v_s)), df=float(df), n_seeds=S, note=note)
 
 # %% ../nbs/18_claims.ipynb #22cd7339
 def _combine(kind: str, m: dict, claim: Claim):
@@ -178,5 +179,5 @@ def evaluate_claim(claim: Claim, ev: ClaimEvaluator) -> dict:
         gap = boots[claim.cohort, claim.c] - boots[claim.cohort, claim.b]
         if (gap <= 0).mean() > .025:
             row.update(verdict="inconclusive", note=f"the gap {claim.b} → {claim.c} is not established ({(gap <= 0).mean():.0%} of resamples ≤ 0)")
-    return {**claim.__dict__, **row, "seeds": seeds, "n_records": len(ps[0].y), "n_patients": int(len(np.unique(ps[0].groups))),
+    return {**claim.__dict__, **row, "seeds": seeds, "per_seed": per_seed, "n_records": len(ps[0].y), "n_patients": int(len(np.unique(ps[0].groups))),
             "n_labels": int(mask.sum()), **{f"macro_{m}": float(np.mean(point[k])) for k, m in zip(keys, [f"{c}/{x}" for c, x in keys])}}

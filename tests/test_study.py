@@ -141,7 +141,11 @@ def test_tiny_plan_end_to_end(tiny):
         assert st["status"] == "ok", (step, st)                     # … and does not stop the independent runs
         assert list((pd_ / step).glob("*.html")), step
     res = pd.read_csv(pd_ / "results.csv")
-    assert list(res.columns) == ["cohort", "model", "metric", "seed", "value", "ci_low", "ci_high", "n_seeds"]
+    assert list(res.columns) == ["cohort", "model", "metric", "seed", "part", "value", "ci_low", "ci_high", "p_value", "n_seeds"]
+    parts = res[(res.model == "method") & (res.metric == "dx_macro_auroc") & res.part.notna()]
+    assert sorted(parts.part) == list(range(len(parts))) and parts.seed.notna().all()       # one row per cross-fitted part
+    c1 = res[res.metric == "claim:C1"]
+    assert c1.seed.notna().any() and c1[c1.seed.isna()].p_value.between(0, 1).all()         # per-seed contrasts and the test
     got = set(zip(res.model, res.metric))
     assert {("method", "dx_macro_auroc"), ("method", "dx_macro_auroc_distinct"), ("method", "dx_macro_auroc_curve"),
             ("method", "lab_macro_auroc"), ("ecg_only", "dx_macro_auroc"), ("joint", "dx_macro_auroc"), ("joint", "lab_macro_auroc"),
@@ -156,6 +160,7 @@ def test_tiny_plan_end_to_end(tiny):
     assert (pd_ / "results.md").read_text().index("## Claims") < (pd_ / "results.md").read_text().index("The paper's table")
     index = (pd_ / "index.html").read_text()
     assert "broken_s0" in index and "failed" in index and "method_s0_dx/finetune_dx.html" in index
+    assert "runs/method.html" in index and "method_s0_dx" in (pd_ / "runs" / "method.html").read_text()   # a page per run
     assert "Explanations by co-occurrence" in (pd_ / "results.md").read_text()
     assert (pd_ / "figures" / "crosscorr_before_after.png").exists() and (pd_ / "figures" / "claims_forest.svg").exists()
     nb = nbformat.read(pd_ / "method_s0_dx" / "finetune_dx.ipynb", as_version=4)    # notebooks show their plots
