@@ -15,7 +15,8 @@ import pandas as pd
 
 from .folds import stratification_matrix, stratified_patient_folds
 from .text import REPORT_COLUMNS, join_statements
-from .raw_tables import connect_raw, find_table, quality_counts, raw_fingerprint, register_table, source_paths
+from .raw_tables import (connect_raw, find_table, named_csv_errors, quality_counts, raw_fingerprint, register_table,
+                                  source_paths)
 from .core import (ETHNICITIES, LABS, STATS, VITALS, N_SAMPLES, STUDY_LEADS, TAB_PREFIXES,
                             atomic_write, gem_table, get_logger, lab_stem)
 
@@ -448,12 +449,13 @@ def _build(source, raw, ecg, out: Path, params: dict, min_label_count, seed, n_j
     if work.parent.exists() and (not work.exists() or json.loads(work.read_text()) != params):
         shutil.rmtree(work.parent)
     work.parent.mkdir(exist_ok=True); work.write_text(json.dumps(params))
-    if source == "mds_ed":
-        from ecg_study.mds_ed import prepare_mds_ed    # it reads this module's signal helpers
-        cohort, counts, extra, keep = prepare_mds_ed(raw, ecg, out, seed, n_jobs, progress, min_lab_pos, memory_limit)
-    else:
-        cohort, counts, extra, keep = _prepare_mimic(raw, ecg, out, min_label_count, seed, n_jobs, progress,
-                                                     min_lab_pos, memory_limit, synthetic=source == "synthetic")
+    with named_csv_errors():       # a bad byte deep in a table surfaces mid-query: name the file, never quote the row
+        if source == "mds_ed":
+            from ecg_study.mds_ed import prepare_mds_ed    # it reads this module's signal helpers
+            cohort, counts, extra, keep = prepare_mds_ed(raw, ecg, out, seed, n_jobs, progress, min_lab_pos, memory_limit)
+        else:
+            cohort, counts, extra, keep = _prepare_mimic(raw, ecg, out, min_label_count, seed, n_jobs, progress,
+                                                         min_lab_pos, memory_limit, synthetic=source == "synthetic")
     if len(cohort) == 0: raise ValueError(f"empty cohort from {raw}: counts {counts}")
     _finish_signals(out / ".work", keep, out / "signals.npy")
     atomic_write(out / "cohort.parquet", lambda p: cohort.to_parquet(p, index=False))

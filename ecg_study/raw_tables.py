@@ -5,7 +5,8 @@ impossible values out (and count them), and the fingerprint that says when a raw
 
 # %% ../nbs/02b_raw_tables.ipynb #8d5082c8
 from __future__ import annotations
-import hashlib
+import hashlib, re
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -13,8 +14,8 @@ import duckdb
 from .core import LAB_LIMITS, VITALS
 
 # %% auto #0
-__all__ = ['RAW_TABLES', 'ECG_TABLE', 'QUALITY_RULES', 'quality_counts', 'find_table', 'register_table', 'duckdb_connection',
-           'connect_raw', 'source_paths', 'raw_fingerprint']
+__all__ = ['RAW_TABLES', 'ECG_TABLE', 'QUALITY_RULES', 'quality_counts', 'named_csv_errors', 'find_table', 'register_table',
+           'duckdb_connection', 'connect_raw', 'source_paths', 'raw_fingerprint']
 
 # %% ../nbs/02b_raw_tables.ipynb #8d82979f
 RAW_TABLES = {  # view name -> (relative path without .csv[.gz], {column: SQL type})
@@ -73,6 +74,24 @@ def quality_counts(con) -> dict[str, int]:
         out.update({k: int(v) for k, v in zip(conds, row)})
     return out
 
+# %% ../nbs/02b_raw_tables.ipynb #e7474559
+def _csv_error_message(msg: str) -> str | None:
+    "One line from a DuckDB CSV read error: the file, the line and the reason, never the row it quotes (a row may name a patient)."
+    if "CSV Error on Line" not in msg: return None
+    file, line = re.search(r"^\s*file = (.+)$", msg, re.M), re.search(r"CSV Error on Line: (\d+)", msg)
+    skip = ("Invalid Input Error", "Original Line", "Possible Solution")
+    reason = next((l.strip() for l in msg.splitlines() if l.strip() and not l.startswith(skip)), "unreadable")
+    return f"cannot read {file.group(1).strip() if file else 'a raw table'}, line {line.group(1) if line else '?'}: {reason}"
+
+@contextmanager
+def named_csv_errors():
+    "Raise a raw table's read error, met anywhere in a query, as a ValueError naming the file and line (the raw row left out)."
+    try: yield
+    except duckdb.InvalidInputException as e:
+        msg = _csv_error_message(str(e))
+        if msg is None: raise
+        raise ValueError(msg) from None
+
 # %% ../nbs/02b_raw_tables.ipynb #144a4a52
 def find_table(folder: Path, stem: str) -> Path:
     "Path of `stem.csv.gz` (or `stem.csv`) under `folder`; a clear error naming it when absent."
@@ -88,7 +107,7 @@ def _read_csv_sql(path: Path) -> str:
 def register_table(con: duckdb.DuckDBPyConnection, name: str, path: Path, columns: dict[str, str]):
     "Create view `name` over the CSV at `path` with `columns` cast (unparseable text -> NULL)."
     try: have = [c[0] for c in con.execute(f"SELECT * FROM {_read_csv_sql(path)} LIMIT 0").description]
-    except duckdb.Error as e: raise ValueError(f"cannot read {path}: {e}") from e
+    except duckdb.Error as e: raise ValueError(_csv_error_message(str(e)) or f"cannot read {path}: {e}") from None
     missing = [c for c in columns if c not in have]
     if missing: raise ValueError(f"wrong layout: {path} lacks columns {missing} (has {have})")
     cols = ", ".join(f'TRY_CAST(trim("{c}") AS {t}) AS "{c}"' if t != "VARCHAR" else f'"{c}"'

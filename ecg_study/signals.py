@@ -18,9 +18,9 @@ from tqdm import tqdm
 from .core import CLIP_MV, FS, N_SAMPLES, STUDY_LEADS, atomic_write, get_logger
 
 # %% auto #0
-__all__ = ['MIN_SECONDS', 'QUALITY', 'PENDING', 'OK', 'SKIPPED', 'RecordError', 'lead_columns', 'mv_scale', 'read_record',
-           'interpolate_nan', 'resample', 'preprocess', 'signal_problems', 'prepare_record', 'status_paths',
-           'check_free_space', 'write_signals', 'signal_status', 'compact_signals']
+__all__ = ['MIN_SECONDS', 'FORMAT_BYTES', 'QUALITY', 'PENDING', 'OK', 'SKIPPED', 'RecordError', 'lead_columns', 'mv_scale',
+           'read_record', 'interpolate_nan', 'resample', 'preprocess', 'signal_problems', 'prepare_record',
+           'status_paths', 'check_free_space', 'write_signals', 'signal_status', 'compact_signals']
 
 # %% ../nbs/02_signals.ipynb #c142528c
 class RecordError(ValueError):
@@ -58,15 +58,30 @@ def _record_base(path) -> Path:
 
 def _hea(base: Path) -> Path: return base.with_name(base.name + ".hea")
 
+FORMAT_BYTES = {"16": 2, "61": 2, "160": 2, "212": 1.5, "80": 1, "24": 3, "32": 4}   # bytes per sample of WFDB's formats
+
+def _check_signal_file(base: Path, rec) -> None:
+    """A single signal file must hold exactly what its header says (signals × samples × bytes): a header that miscounts
+    the signals would read as interleaved garbage, never as an error. Multi-file and offset records are not checked."""
+    files, fmts = set(rec.file_name or []), set(rec.fmt or [])
+    if len(files) != 1 or len(fmts) != 1 or not fmts <= set(FORMAT_BYTES) or any(rec.byte_offset or []): return
+    f = base.parent / files.pop()
+    if not f.exists(): raise RecordError(base, f"missing signal file ({f.name})", "missing file")
+    want, have = rec.n_sig * rec.sig_len * FORMAT_BYTES[fmts.pop()], f.stat().st_size
+    need = f"{rec.n_sig} signals × {rec.sig_len} samples need {want:.0f} bytes, {f.name} has {have}"
+    if have < want: raise RecordError(base, f"truncated signal file, or a header that counts too many signals ({need})", "truncated")
+    if have > want: raise RecordError(base, f"header disagrees with its signal file ({need})", "header mismatch")
+
 def _rdrecord(base: Path):
     "wfdb's record, with wfdb's failures turned into `RecordError`s that say which file is at fault."
     if not _hea(base).exists():
         raise RecordError(base, "missing header file (.hea)", "missing file")
+    try: head = wfdb.rdheader(str(base))
+    except Exception as h: raise RecordError(base, f"unreadable header ({h})", "unreadable header") from h
+    _check_signal_file(base, head)
     try: return wfdb.rdrecord(str(base))
     except FileNotFoundError as e: raise RecordError(base, f"missing signal file ({e})", "missing file") from e
     except Exception as e:
-        try: wfdb.rdheader(str(base))
-        except Exception as h: raise RecordError(base, f"unreadable header ({h})", "unreadable header") from h
         raise RecordError(base, f"truncated or corrupt signal file ({type(e).__name__}: {e})", "truncated") from e
 
 def _units(base: Path, units: list, cols: list[int]) -> list[str]:

@@ -50,7 +50,15 @@ REFUSED = {
     "record list without paths": (lambda r: _records(r).drop(columns="path").to_csv(r / "ecg" / "record_list.csv", index=False),
                                   "record_list.csv"),
     "no record list": (lambda r: (r / "ecg" / "record_list.csv").unlink(), "record_list"),
+    "a bad byte deep in labevents": (lambda r: _bad_byte(r / "hosp" / "labevents.csv.gz"), "labevents.csv.gz, line"),
 }
+
+def _bad_byte(path: Path):
+    "Append 30,000 good rows, then one that is not UTF-8 (past DuckDB's sniffing sample, so it surfaces mid-query)."
+    import gzip
+    with gzip.open(path, "rb") as f: body = f.read()
+    last = body.rstrip(b"\n").rsplit(b"\n", 1)[1]
+    gzip.open(path, "wb").write(body + (last + b"\n") * 30_000 + last.replace(b",", b",\xff\xfe", 1) + b"\n")
 
 @pytest.mark.parametrize("fault", REFUSED)
 def test_a_broken_source_is_refused_and_the_dataset_kept(fault, base, tmp_path, capsys):
@@ -61,7 +69,7 @@ def test_a_broken_source_is_refused_and_the_dataset_kept(fault, base, tmp_path, 
     break_it(raw)
     assert main(["prepare", "--raw", str(raw), "--out", str(out), *PREPARE]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ecg-study prepare: error:") and fragment in err, err
+    assert err.startswith("ecg-study prepare: error:") and fragment in err and "Original Line" not in err, err   # no raw row
     assert _snapshot(out) == before                                 # the finished dataset is as it was
 
 SKIPPED = {   # a bad record is skipped and counted by kind; the rest of the cohort is built
@@ -69,8 +77,15 @@ SKIPPED = {   # a bad record is skipped and counted by kind; the rest of the coh
     "all-NaN signal": (lambda r: _rewrite_record(r, lambda x: np.full_like(x, np.nan)), "skipped", "all-NaN"),
     "µV written as mV": (lambda r: _rewrite_record(r, lambda x: x * 1000), "skipped", "implausible amplitude"),
     "5 s record": (lambda r: _rewrite_record(r, lambda x: x[: len(x) // 2]), "skipped", "shorter than 10 s"),
+    "header miscounts its signals": (lambda r: _miscount(raw_hea=r / "ecg" / (_victim(r).path + ".hea")), "skipped", "header mismatch"),
     "a lead off": (lambda r: _rewrite_record(r, lambda x: np.where(np.arange(x.shape[1]) == 2, 0.0, x)), "flagged", "flat lead"),
 }
+
+def _miscount(raw_hea: Path):
+    "The header says 11 signals (its last signal line dropped) where the signal file holds 12: read, it would be garbage."
+    h = raw_hea.read_text().splitlines()
+    first = h[0].split(); first[1] = str(int(first[1]) - 1)
+    raw_hea.write_text("\n".join([" ".join(first), *h[1:12]]) + "\n")
 
 @pytest.mark.parametrize("fault", SKIPPED)
 def test_a_bad_record_is_counted_and_named(fault, base, tmp_path):
