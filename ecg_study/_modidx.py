@@ -509,6 +509,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ecg_study.study._explain_steps': ('study.html#_explain_steps', 'ecg_study/study.py'),
                                  'ecg_study.study._identifiers': ('study.html#_identifiers', 'ecg_study/study.py'),
                                  'ecg_study.study._intervene_steps': ('study.html#_intervene_steps', 'ecg_study/study.py'),
+                                 'ecg_study.study._log_progress': ('study.html#_log_progress', 'ecg_study/study.py'),
                                  'ecg_study.study._manifest': ('study.html#_manifest', 'ecg_study/study.py'),
                                  'ecg_study.study._numbers': ('study.html#_numbers', 'ecg_study/study.py'),
                                  'ecg_study.study._prepare_run_dir': ('study.html#_prepare_run_dir', 'ecg_study/study.py'),

@@ -33,6 +33,7 @@ def preprocessing_params(n_windows: int = N_SAMPLES // CROP) -> dict:
     return {"fs": FS, "n_samples": N_SAMPLES, "crop": CROP, "n_windows": n_windows, "leads": list(STUDY_LEADS),
             "clip_mv": CLIP_MV, "min_seconds": MIN_SECONDS}
 
+# %% ../nbs/15b_bundle.ipynb #c6736129
 def code_families(y: np.ndarray, codes: list[str]) -> dict[str, list[str]]:
     "Each code → its family: the codes with identical training labels of which one is the other's ancestor (R53 / R538 / R5383)."
     fams = {}
@@ -41,6 +42,7 @@ def code_families(y: np.ndarray, codes: list[str]) -> dict[str, list[str]]:
         for c in cs: fams.setdefault(next(r for r in cs if c.startswith(r)), []).append(c)   # under its shortest ancestor
     return {c: fam for fam in fams.values() for c in fam}
 
+# %% ../nbs/15b_bundle.ipynb #465b9343
 def icd_titles(raw_dir, codes: list[str]) -> dict[str, str]:
     """ICD-10 titles of `codes`: the raw source's own (hosp/d_icd_diagnoses, else ed/diagnosis), else the CMS ICD-10-CM
     table (`metrics.icd10_title`, which describes a category by the codes under it)."""
@@ -52,17 +54,20 @@ def icd_titles(raw_dir, codes: list[str]) -> dict[str, str]:
         for code, title in zip(df.icd_code.str.upper(), df[col]): titles.setdefault(code, str(title))
     return titles | {c: t for c in codes if c not in titles and (t := icd10_title(c))}
 
+# %% ../nbs/15b_bundle.ipynb #06ef433b
 def _head_state(ckpt: dict, path) -> dict:
     "The `head.*` weights of a supervised run's module state."
     state = {k.removeprefix("head."): v for k, v in ckpt["model"].items() if k.startswith("head.")}
     if not state: raise ValueError(f"{path}: checkpoint.pt holds no prediction head (stage {ckpt.get('stage')!r})")
     return state
 
+# %% ../nbs/15b_bundle.ipynb #955746a4
 def _check_same_encoder(a: dict, b: dict, dx_dir, lab_dir) -> None:
     if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
         raise ValueError(f"{lab_dir}: the lab head was not trained on the encoder of {dx_dir} "
                          "(finetune_lab must use that finetune_dx run's checkpoint.pt)")
 
+# %% ../nbs/15b_bundle.ipynb #6bef0cbb
 def _val_thresholds(run_dir, labels: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
     pred = load_predictions(run_dir, "val")
     if pred["labels"] != labels:

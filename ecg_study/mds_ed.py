@@ -41,12 +41,14 @@ def _columns(con, names: list[str], cast: str, keep: np.ndarray) -> pd.DataFrame
     sql = ", ".join(f'{cast.format(c=chr(34) + c + chr(34))} AS "{c}"' for c in names)
     return con.sql(f"SELECT {sql} FROM mds ORDER BY rowid").df()[keep].reset_index(drop=True)
 
+# %% ../nbs/03a_mds_ed.ipynb #79b727dd
 def _record_paths(ecg: Path, ids: pd.DataFrame) -> list[str]:
     "Each row's record path under the MIMIC-IV-ECG folder: `record_list.csv`'s when it lists the study, else the standard one."
     rl = Path(ecg) / "record_list.csv"
     paths = dict(duckdb.sql(f"SELECT study_id::BIGINT, path FROM read_csv('{rl}', all_varchar=true)").fetchall()) if rl.exists() else {}
     return [paths.get(int(st)) or record_path(sub, st, fn) for sub, st, fn in zip(ids["subject_id"], ids["study_id"], ids["file_name"])]
 
+# %% ../nbs/03a_mds_ed.ipynb #b0f9ff4f
 def prepare_mds_ed(raw: Path, ecg: Path, out: Path, seed, n_jobs, progress, min_lab_pos, memory_limit: str = "4GB"):
     """The cohort of `mds_ed.csv` (≈ 2 GB) and the records it names. The file is held by DuckDB (within `memory_limit`,
     spilling to `out/.work`); pandas receives only the column groups the prepared dataset keeps, rows with a signal."""

@@ -98,11 +98,13 @@ def _check_keys(where: str, table: dict, types: dict[str, str], extra=()) -> lis
         elif not _accepts(types[k], v): out.append(f"{where}: {k} = {v!r} is not {types[k]}")
     return out
 
+# %% ../nbs/12a_plans.ipynb #ef80be4f
 def _check_env(where: str, table: dict, env) -> list[str]:
     "`${VAR}` settings whose variable is not set (credentialed paths stay out of plan files)."
     missing = [(k, m) for k, v in table.items() if isinstance(v, str) for m in re.findall(r"\$\{(\w+)\}", v) if m not in env]
     return [f"{where}: {k} needs ${{{m}}}: set it, e.g. `export {m}=/path/to/data`" for k, m in missing]
 
+# %% ../nbs/12a_plans.ipynb #92b04d6c
 def _check_runs(spec: dict, cfg_types: dict) -> list[str]:
     runs, out = spec.get("runs", []), []
     if not runs: return ["[[runs]]: the plan runs nothing: add at least one [[runs]] table"]

@@ -56,8 +56,10 @@ def _record_base(path) -> Path:
     p = Path(path)
     return p.with_suffix("") if p.suffix in (".hea", ".dat") else p
 
+# %% ../nbs/02_signals.ipynb #a99a79d2
 def _hea(base: Path) -> Path: return base.with_name(base.name + ".hea")
 
+# %% ../nbs/02_signals.ipynb #e466a5db
 FORMAT_BYTES = {"16": 2, "61": 2, "160": 2, "212": 1.5, "80": 1, "24": 3, "32": 4}   # bytes per sample of WFDB's formats
 
 def _check_signal_file(base: Path, rec) -> None:
@@ -72,6 +74,7 @@ def _check_signal_file(base: Path, rec) -> None:
     if have < want: raise RecordError(base, f"truncated signal file, or a header that counts too many signals ({need})", "truncated")
     if have > want: raise RecordError(base, f"header disagrees with its signal file ({need})", "header mismatch")
 
+# %% ../nbs/02_signals.ipynb #791c2287
 def _rdrecord(base: Path):
     "wfdb's record, with wfdb's failures turned into `RecordError`s that say which file is at fault."
     if not _hea(base).exists():
@@ -84,6 +87,7 @@ def _rdrecord(base: Path):
     except Exception as e:
         raise RecordError(base, f"truncated or corrupt signal file ({type(e).__name__}: {e})", "truncated") from e
 
+# %% ../nbs/02_signals.ipynb #e8daa666
 def _units(base: Path, units: list, cols: list[int]) -> list[str]:
     "The units of channels `cols`; where wfdb says 'V', the header's own token (wfdb reads '/µV' as 'V')."
     if all(units[c] != "V" for c in cols): return [units[c] for c in cols]

@@ -177,6 +177,7 @@ def _encoder(cfg: TrainConfig, state: dict | None) -> nn.Module:
     if state is not None: ecg.load_state_dict(state)
     return ecg
 
+# %% ../nbs/09c_stage_modules.ipynb #cdb0aa48
 class DiagnosisModule(SupervisedModule):
     """ECG encoder (pre-trained or random) frozen to a depth + diagnosis head Ψy; `cfg.regularizer` pulls the
     trained layers towards the encoder it started from (L2-SP on the weights, or distillation of its embeddings)."""
@@ -208,6 +209,7 @@ class DiagnosisModule(SupervisedModule):
 
     def logits(self, x, tab): return self.head(self.ecg(x))
 
+# %% ../nbs/09c_stage_modules.ipynb #ad4e9c41
 class LabModule(SupervisedModule):
     "Frozen stage-2 ECG encoder (eval mode, no gradient) + lab-abnormality head Ψm."
     def __init__(self, cfg: TrainConfig, ecg: nn.Module, head: nn.Module):

@@ -36,6 +36,7 @@ class EpochSync(Callback):
         ds = getattr(trainer.train_dataloader, "dataset", None)
         if hasattr(ds, "set_epoch"): ds.set_epoch(trainer.current_epoch)
 
+# %% ../nbs/10_training.ipynb #06de9ae0
 class RandomState(Callback):
     """Exact resume: every random stream a fit draws from — the global torch (and CUDA), NumPy and Python generators,
     the training loader's shuffle generator and the epoch its crops are drawn for — saved in each checkpoint (all
@@ -63,15 +64,18 @@ class RandomState(Callback):
         if loader.generator is not None and s["loader"] is not None: loader.generator.set_state(s["loader"])
         if hasattr(loader.dataset, "set_epoch"): loader.dataset.set_epoch(s["next_epoch"])
 
+# %% ../nbs/10_training.ipynb #d1330b85
 def _on_gpu(cfg: TrainConfig) -> bool:
     return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
 
+# %% ../nbs/10_training.ipynb #286bfe2c
 def resolve_precision(cfg: TrainConfig) -> str:
     "The configured precision, else bf16/16 mixed on GPU and 32-bit on CPU."
     if cfg.precision: return cfg.precision
     if not _on_gpu(cfg): return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
+# %% ../nbs/10_training.ipynb #64905297
 @contextlib.contextmanager
 def _quiet():
     "Silence Lightning's per-Trainer banners and the few-workers hint (two-core default)."
