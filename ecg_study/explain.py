@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from .bundle import Bundle, as_bundle
 from .core import CLIP_MV
-from .signals import RecordError, preprocess, read_record, signal_problems
+from .signals import RecordError, preprocess, read_checked, signal_problems
 
 # %% auto #0
 __all__ = ['whole_windows', 'explain_record', 'explain_records', 'explanation_html']
@@ -39,9 +39,9 @@ def explain_record(path, b: Bundle, top_k: int = 5, evidence_k: int = 3) -> tupl
     out = {"record": str(path), "fs": None, "seconds": None, "windows": None,
            "diagnoses": [], "lab_abnormalities": [], "evidence": [], "warnings": [], "error": None}
     try:
-        x, fs = read_record(path)
+        x, fs, read_flags = read_checked(path)
         skip, flag = signal_problems(x, fs)     # the prepared dataset's rules, as warnings (a short record: whole windows)
-        out["warnings"] = [w for w in skip if not w.startswith("shorter")] + flag
+        out["warnings"] = [w for w in skip if not w.startswith("shorter")] + read_flags + flag
         n_win = whole_windows(len(x), fs, b.pre)
         if n_win < 1: raise RecordError(path, f"too short ({len(x) / fs:.2f} s < {b.pre['min_seconds']} s)", "too short")
         try: sig = preprocess(x, fs, n_out=b.pre["n_samples"], fs_out=b.pre["fs"])

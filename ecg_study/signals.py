@@ -19,8 +19,8 @@ from .core import CLIP_MV, FS, N_SAMPLES, STUDY_LEADS, atomic_write, get_logger
 
 # %% auto #0
 __all__ = ['MIN_SECONDS', 'FORMAT_BYTES', 'QUALITY', 'PENDING', 'OK', 'SKIPPED', 'RecordError', 'lead_columns', 'mv_scale',
-           'read_record', 'interpolate_nan', 'resample', 'preprocess', 'signal_problems', 'prepare_record',
-           'status_paths', 'check_free_space', 'write_signals', 'signal_status', 'compact_signals']
+           'read_checked', 'read_record', 'interpolate_nan', 'resample', 'preprocess', 'signal_problems',
+           'prepare_record', 'status_paths', 'check_free_space', 'write_signals', 'signal_status', 'compact_signals']
 
 # %% ../nbs/02_signals.ipynb #c142528c
 class RecordError(ValueError):
@@ -76,13 +76,13 @@ def _check_signal_file(base: Path, rec) -> None:
 
 # %% ../nbs/02_signals.ipynb #791c2287
 def _rdrecord(base: Path):
-    "wfdb's record, with wfdb's failures turned into `RecordError`s that say which file is at fault."
+    "wfdb's record (digital samples), with wfdb's failures turned into `RecordError`s that say which file is at fault."
     if not _hea(base).exists():
         raise RecordError(base, "missing header file (.hea)", "missing file")
     try: head = wfdb.rdheader(str(base))
     except Exception as h: raise RecordError(base, f"unreadable header ({h})", "unreadable header") from h
     _check_signal_file(base, head)
-    try: return wfdb.rdrecord(str(base))
+    try: return wfdb.rdrecord(str(base), physical=False)     # digital: the checksums are sums of the stored samples
     except FileNotFoundError as e: raise RecordError(base, f"missing signal file ({e})", "missing file") from e
     except Exception as e:
         raise RecordError(base, f"truncated or corrupt signal file ({type(e).__name__}: {e})", "truncated") from e
@@ -99,11 +99,20 @@ def _units(base: Path, units: list, cols: list[int]) -> list[str]:
     return [token[c] if units[c] == "V" and c < len(token) else units[c] for c in cols]
 
 # %% ../nbs/02_signals.ipynb #9eee28b8
-def read_record(path) -> tuple[np.ndarray, float]:
-    "Read a WFDB record as (samples × 12 float32 mV in `STUDY_LEADS` order, sampling rate)."
+def _checksum_mismatch(rec) -> list[str]:
+    "Signals whose stored samples do not add up to their header's checksum (mod 2¹⁶): the file changed after its header."
+    if rec.checksum is None or rec.d_signal is None: return []
+    return [n for n, want, got in zip(rec.sig_name, rec.checksum, rec.calc_checksum()) if (want - got) % 65536]
+
+def read_checked(path) -> tuple[np.ndarray, float, list[str]]:
+    """Read a WFDB record as (samples × 12 float32 mV in `STUDY_LEADS` order, sampling rate, flags). The flag is a
+    checksum that disagrees: kept rather than skipped, so that a source whose writer computes checksums otherwise shows
+    at once in the counts instead of vanishing."""
     base = _record_base(path)
     rec = _rdrecord(base)
-    if rec.p_signal is None or not rec.sig_name: raise RecordError(base, "no signals in record", "missing leads")
+    if rec.d_signal is None or not rec.sig_name: raise RecordError(base, "no signals in record", "missing leads")
+    bad = _checksum_mismatch(rec)
+    rec.dac(expanded=False, return_res=64, inplace=True)      # what rdrecord's physical read does, bit for bit
     cols = lead_columns(rec.sig_name, base)
     fs = float(rec.fs or 0)
     if fs <= 0: raise RecordError(base, f"invalid sampling rate {rec.fs}", "unreadable header")
@@ -117,7 +126,11 @@ def read_record(path) -> tuple[np.ndarray, float]:
     live = x[:, ~nan]
     if (np.nanmax(live, 0) == np.nanmin(live, 0)).all():
         raise RecordError(base, "flat signal (every lead constant or NaN)", "flat")
-    return x.astype(np.float32), fs
+    return x.astype(np.float32), fs, [f"checksum mismatch ({', '.join(bad)})"] if bad else []
+
+def read_record(path) -> tuple[np.ndarray, float]:
+    "Read a WFDB record as (samples × 12 float32 mV in `STUDY_LEADS` order, sampling rate)."
+    return read_checked(path)[:2]
 
 # %% ../nbs/02_signals.ipynb #e371e037
 def interpolate_nan(x: np.ndarray) -> np.ndarray:
@@ -174,8 +187,9 @@ def signal_problems(x: np.ndarray, fs: float) -> tuple[list[str], list[str]]:
 
 def _prepare(path) -> tuple[np.ndarray, list[str]]:
     "The prepared (1000, 12) signal of a record and its quality flags; a problem that skips it is a `RecordError`."
-    x, fs = read_record(path)
+    x, fs, read_flags = read_checked(path)
     skip, flag = signal_problems(x, fs)
+    flag = read_flags + flag
     if skip: raise RecordError(_record_base(path), "; ".join(skip), skip[0].split(" (")[0])
     try: return preprocess(x, fs), flag
     except ValueError as e: raise RecordError(_record_base(path), str(e), "all-NaN lead") from e
