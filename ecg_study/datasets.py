@@ -161,6 +161,31 @@ def _toy_stats(value: np.ndarray, rng: np.random.Generator, spread: float) -> di
             "std": abs(rng.normal(spread, spread / 4, len(value))), "first": first, "last": last,
             "rate_change": (last - first) / np.where(first == 0, 1, first), "coeff": (last - first) / 90}
 
+# %% ../nbs/04_datasets.ipynb #80ecb208
+def _toy_vitals(af: np.ndarray, rng: np.random.Generator) -> dict:
+    "The toy cohort's vital-sign statistics (atrial fibrillation raises the heart rate) and triage acuity."
+    n, c = len(af), {}
+    centre = {"temperature": (37.0, 0.5), "heartrate": (80.0, 12.0), "resprate": (17.0, 3.0),
+              "o2sat": (97.0, 2.0), "sbp": (130.0, 18.0), "dbp": (78.0, 10.0)}
+    for v in VITALS:
+        mu, sd = centre[v]
+        base = rng.normal(mu, sd, n) + (25 * af if v == "heartrate" else 0)
+        c |= {f"vitals_{v}_{s}": x for s, x in _toy_stats(base, rng, sd / 4).items()}
+    c["vitals_acuity"] = rng.integers(1, 6, n).astype(np.float64)
+    return c
+
+def _toy_signals(path: Path, amp: np.ndarray, k: np.ndarray, rng: np.random.Generator) -> None:
+    "The toy signals: noise and a slow wave in every lead, lead II's fast oscillation of amplitude `amp`, V2 tracking potassium `k`."
+    t = np.arange(N_SAMPLES) / 100.0
+    sig = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(amp), N_SAMPLES, 12))
+    ii, v2 = STUDY_LEADS.index("II"), STUDY_LEADS.index("V2")
+    for i in range(len(amp)):
+        x = rng.normal(0, 0.1, (N_SAMPLES, 12)) + 0.3 * np.sin(2 * np.pi * 1.2 * t[:, None] + rng.uniform(0, 6.3, 12))
+        x[:, ii] += amp[i] * np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6.3))
+        x[:, v2] += 0.5 * (k[i] - 4.2) * np.sin(2 * np.pi * 1.0 * t)
+        sig[i] = np.clip(x, -3, 3)
+    sig.flush(); del sig
+
 # %% ../nbs/04_datasets.ipynb #75fd82ce
 def make_toy_prepared(out: str | Path, n: int = 200, seed: int = 0) -> Path:
     "Write a small prepared dataset with planted, learnable labels to `out`; return `out`."
@@ -184,13 +209,7 @@ def make_toy_prepared(out: str | Path, n: int = 200, seed: int = 0) -> Path:
     bio_missing = rng.uniform(size=n) < 0.3
     for name, v in (("bmi", weight / (height / 100) ** 2), ("weight", weight), ("height", height)):
         c[f"biometrics_{name}"] = np.where(bio_missing, np.nan, v)
-    centre = {"temperature": (37.0, 0.5), "heartrate": (80.0, 12.0), "resprate": (17.0, 3.0),
-              "o2sat": (97.0, 2.0), "sbp": (130.0, 18.0), "dbp": (78.0, 10.0)}
-    for v in VITALS:
-        mu, sd = centre[v]
-        base = rng.normal(mu, sd, n) + (25 * af if v == "heartrate" else 0)
-        c |= {f"vitals_{v}_{s}": x for s, x in _toy_stats(base, rng, sd / 4).items()}
-    c["vitals_acuity"] = rng.integers(1, 6, n).astype(np.float64)
+    c |= _toy_vitals(af, rng)
     value = {"potassium": k, "creatinine": crea, "troponin_t": np.exp(rng.normal(-4.5, 1.0, n)),
              "hemoglobin": rng.normal(13.5, 1.8, n)}
     measured = {lab: rng.uniform(size=n) > 0.4 for lab in TOY_LABS}
@@ -208,17 +227,7 @@ def make_toy_prepared(out: str | Path, n: int = 200, seed: int = 0) -> Path:
             c[f"lababn_{lab}_{side}"] = np.where(measured[lab], hit, np.nan).astype(np.float32)
     cohort = pd.DataFrame(c)
     cohort.to_parquet(out / "cohort.parquet", index=False)
-
-    t = np.arange(N_SAMPLES) / 100.0
-    sig = np.lib.format.open_memmap(out / "signals.npy", mode="w+", dtype=np.float32, shape=(n, N_SAMPLES, 12))
-    ii, v2 = STUDY_LEADS.index("II"), STUDY_LEADS.index("V2")
-    for i in range(n):
-        x = rng.normal(0, 0.1, (N_SAMPLES, 12)) + 0.3 * np.sin(2 * np.pi * 1.2 * t[:, None] + rng.uniform(0, 6.3, 12))
-        x[:, ii] += amp[i] * np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6.3))
-        x[:, v2] += 0.5 * (k[i] - 4.2) * np.sin(2 * np.pi * 1.0 * t)
-        sig[i] = np.clip(x, -3, 3)
-    sig.flush(); del sig
-
+    _toy_signals(out / "signals.npy", amp, k, rng)
     labs = {col: float(np.nanmean(cohort[col])) for col in columns_with_prefix(cohort, LAB_PREFIX)}
     manifest = {"source": "toy", "version": 1, "parameters": {"n": n, "seed": seed},
                 "counts": {"ecgs": n, "patients": int(len(np.unique(subject)))}, "skips": {},
