@@ -107,6 +107,7 @@ def bench_sql(root: Path, work: Path, memory_limit: str) -> dict:
     def lap(name):
         nonlocal t0; steps[name] = round(time.time() - t0, 2); t0 = time.time()
     con = raw_tables.connect_raw(root, root / "ecg", memory_limit, work); lap("connect + layout checks")
+    raw_tables.quality_counts(con); lap("quality rules (one scan per table, labevents' plausibility limits)")
     co.select_samples(con); lap("samples (ECG in ED window)")
     co.build_diagnoses(con, co.gem_icd9_to_icd10()); lap("diagnoses (GEM, ancestors)")
     thr = co.build_lab_tables(con); lap("lab fluids, ref-range medians, lab rows (2 labevents scans)")

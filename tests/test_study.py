@@ -249,16 +249,18 @@ def _links(html_text: str) -> list[str]:
     return out
 
 def test_index_links_resolve_and_the_pages_render(tiny, tmp_path):
-    "Every link of index.html leads to a file; in headless Chromium (when installed) the index and a run page render."
+    "Every link of index.html and of a run page leads to a file; in headless Chromium (when installed) the index, a run page and a step's notebook render."
     root, _, _ = tiny
     pd_ = root / "reports" / "tiny"
     links = _links((pd_ / "index.html").read_text())
     assert len(links) > 20 and "plan.toml" in links and any(l.endswith("config.json") for l in links)
     missing = [l for l in links if not (pd_ / l).exists()]
     assert not missing, missing
+    run_links = _links((pd_ / "runs" / "method.html").read_text())          # a run page: back to the index, its steps' files
+    assert "../index.html" in run_links and not [l for l in run_links if not (pd_ / "runs" / l).resolve().exists()]
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None: pytest.skip("headless Chromium is not installed (apt-get install chromium)")
-    for page in (pd_ / "index.html", pd_ / "method_s0_dx" / "finetune_dx.html"):
+    for page in (pd_ / "index.html", pd_ / "runs" / "method.html", pd_ / "method_s0_dx" / "finetune_dx.html"):
         shot = tmp_path / f"{page.parent.name}.png"
         subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
                         f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
