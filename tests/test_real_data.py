@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecg_study.core import ETHNICITIES, LABS, STATS, lab_stem
+from ecg_study.core import ETHNICITIES, LABS, LAB_LIMITS, STATS, lab_stem
 from ecg_study.core import sample_path
 from ecg_study.demo_cohort import build_demo_cohort
 
@@ -50,6 +50,14 @@ def real(tmp_path_factory):
 
 def num(s: pd.Series) -> pd.Series: return pd.to_numeric(s, errors="coerce")
 
+def implausible(le: pd.DataFrame, d_labitems: pd.DataFrame) -> pd.Series:
+    "Rows of `le` that are blood values of a study lab outside its plausibility limits (prepare blanks them), by hand."
+    d = d_labitems.assign(stem=lambda x: x.label.map(lambda s: lab_stem(" ".join(str(s).split()))))
+    d = d[d.stem.isin(STEMS) & (d.fluid == "Blood")].set_index("itemid").stem
+    stem, v = le.itemid.map(d), num(le.valuenum)
+    lo, hi = stem.map(lambda s: LAB_LIMITS[s][0] if isinstance(s, str) else np.nan), stem.map(lambda s: LAB_LIMITS[s][1] if isinstance(s, str) else np.nan)
+    return stem.notna() & v.notna() & ((v < lo) | (v > hi))
+
 @pytest.fixture(scope="module")
 def stays(real):
     "One row per cohort stay with its subject and intime, taken from the generated ed/edstays table."
@@ -64,7 +72,8 @@ def labs(real):
     t = real["tables"]
     d = t["d_labitems"].assign(stem=lambda x: x.label.map(lambda s: lab_stem(" ".join(str(s).split()))))
     d = d[d.stem.isin(STEMS)]
-    le = t["labevents"].reset_index(names="row").merge(d[["itemid", "stem", "fluid"]], on="itemid")
+    le = t["labevents"].assign(valuenum=lambda x: num(x.valuenum).mask(implausible(x, t["d_labitems"])))
+    le = le.reset_index(names="row").merge(d[["itemid", "stem", "fluid"]], on="itemid")
     n = le.groupby(["stem", "fluid"]).size().rename("n").reset_index()
     fluid = n.sort_values(["stem", "n", "fluid"], ascending=[True, False, True]).groupby("stem").head(1)
     le = le.merge(fluid[["stem", "fluid"]], on=["stem", "fluid"])      # rows of the chosen fluid only
@@ -313,7 +322,8 @@ def test_rows_without_valuenum_are_not_measurements(real):
     con = connect_raw(real["raw"], real["raw"] / "ecg")
     n, n_num = con.execute("SELECT count(*), count(valuenum) FROM labevents").fetchall()[0]
     con.close()
-    assert (n, n_num) == (len(le), len(le) - len(no_num))
+    n_bad = int(implausible(le, real["tables"]["d_labitems"]).sum())       # blanked by the plausibility limits
+    assert 0 < n_bad < 100 and (n, n_num) == (len(le), len(le) - len(no_num) - n_bad)
 
 def test_text_troponin_is_not_a_measurement(real, labs):
     "Troponin T below detection: value and valuenum empty, '<0.01' in the comment -> not measured (NaN features)."

@@ -189,7 +189,7 @@ def test_short_read_detected(tmp_path, monkeypatch):
     base = write(tmp_path, "ok", ecg_like(5000, 500))
     real = wfdb.rdrecord
     def short(*a, **k):
-        rec = real(*a, **k); rec.p_signal = rec.p_signal[:3000]; return rec
+        rec = real(*a, **k); rec.d_signal = rec.d_signal[:3000]; return rec
     monkeypatch.setattr(wfdb, "rdrecord", short)
     with pytest.raises(RecordError, match=r"truncated signal file \(3000 of 5000 samples\)"):
         read_record(base)
