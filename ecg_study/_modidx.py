@@ -277,6 +277,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'ecg_study.raw_tables.duckdb_connection': ( 'raw_tables.html#duckdb_connection',
                                                                                   'ecg_study/raw_tables.py'),
                                       'ecg_study.raw_tables.find_table': ('raw_tables.html#find_table', 'ecg_study/raw_tables.py'),
+                                      'ecg_study.raw_tables.lab_stem_sql': ('raw_tables.html#lab_stem_sql', 'ecg_study/raw_tables.py'),
                                       'ecg_study.raw_tables.named_csv_errors': ( 'raw_tables.html#named_csv_errors',
                                                                                  'ecg_study/raw_tables.py'),
                                       'ecg_study.raw_tables.quality_counts': ('raw_tables.html#quality_counts', 'ecg_study/raw_tables.py'),

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .folds import stratification_matrix, stratified_patient_folds
 from .text import REPORT_COLUMNS, join_statements
-from .raw_tables import (connect_raw, find_table, named_csv_errors, quality_counts, raw_fingerprint, register_table,
+from .raw_tables import (connect_raw, find_table, lab_stem_sql, named_csv_errors, quality_counts, raw_fingerprint, register_table,
                                   source_paths)
 from .core import (ETHNICITIES, LABS, STATS, VITALS, N_SAMPLES, STUDY_LEADS, TAB_PREFIXES,
                             atomic_write, gem_table, get_logger, lab_stem)
@@ -202,9 +202,9 @@ def build_features(con) -> pd.DataFrame:
 def build_lab_tables(con) -> pd.DataFrame:
     "Tables `lab_items` (chosen itemids per stem) and `lab_rows`; returns per-lab fluid, counts and thresholds."
     con.register("labs_df", pd.DataFrame({"stem": [lab_stem(l.label) for l in LABS]}))
-    con.sql("""CREATE OR REPLACE TABLE lab_fluids AS
+    con.sql(f"""CREATE OR REPLACE TABLE lab_fluids AS
       WITH items AS (SELECT d.itemid, d.fluid, lb.stem FROM d_labitems d
-                     JOIN labs_df lb ON lower(regexp_replace(trim(d.label), '\\s+', '_', 'g')) = lb.stem),
+                     JOIN labs_df lb ON {lab_stem_sql("d.label")} = lb.stem),
       agg AS (SELECT itemid, count(*) AS n, count(valuenum) AS n_num, median(ref_range_lower) AS lo_med,
                      median(ref_range_upper) AS hi_med FROM labevents
               WHERE itemid IN (SELECT itemid FROM items) GROUP BY itemid)

@@ -14,8 +14,8 @@ import duckdb
 from .core import LAB_LIMITS, VITALS
 
 # %% auto #0
-__all__ = ['RAW_TABLES', 'ECG_TABLE', 'QUALITY_RULES', 'quality_counts', 'named_csv_errors', 'find_table', 'register_table',
-           'duckdb_connection', 'connect_raw', 'source_paths', 'raw_fingerprint']
+__all__ = ['RAW_TABLES', 'ECG_TABLE', 'QUALITY_RULES', 'lab_stem_sql', 'quality_counts', 'named_csv_errors', 'find_table',
+           'register_table', 'duckdb_connection', 'connect_raw', 'source_paths', 'raw_fingerprint']
 
 # %% ../nbs/02b_raw_tables.ipynb #8d82979f
 RAW_TABLES = {  # view name -> (relative path without .csv[.gz], {column: SQL type})
@@ -44,9 +44,13 @@ ECG_TABLE = ("record_list", {"subject_id": "BIGINT", "study_id": "BIGINT", "file
 _q = lambda s: "'" + s.replace("'", "''") + "'"
 # a blood value of a study lab outside its plausibility limits (core.LAB_LIMITS) is an error: a decimal slip, a unit
 # mix-up, a percentage above 100; other fluids (urine potassium) are not the study's and keep their values
+def lab_stem_sql(col: str) -> str:
+    "SQL of `core.lab_stem` on column `col`: a `d_labitems` label as the study's lab stem (runs of spaces as one)."
+    return f"lower(regexp_replace(trim({col}), '\\s+', '_', 'g'))"
+
 _LIMITS = ", ".join(f"({_q(s)}, {lo}, {hi})" for s, (lo, hi) in LAB_LIMITS.items())
 _IMPLAUSIBLE = ("EXISTS (SELECT 1 FROM d_labitems d JOIN (VALUES " + _LIMITS + ") AS lim(stem, lo, hi) "
-                "ON lower(regexp_replace(trim(d.label), '\\s+', '_', 'g')) = lim.stem "
+                f"ON {lab_stem_sql('d.label')} = lim.stem "
                 "WHERE d.itemid = raw_labevents.itemid AND d.fluid = 'Blood' "
                 "AND NOT raw_labevents.valuenum BETWEEN lim.lo AND lim.hi)")
 _DUP = "study_id IN (SELECT study_id FROM raw_record_list WHERE study_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1)"

@@ -79,13 +79,15 @@ def _rdrecord(base: Path):
     "wfdb's record (digital samples), with wfdb's failures turned into `RecordError`s that say which file is at fault."
     if not _hea(base).exists():
         raise RecordError(base, "missing header file (.hea)", "missing file")
-    try: head = wfdb.rdheader(str(base))
-    except Exception as h: raise RecordError(base, f"unreadable header ({h})", "unreadable header") from h
-    _check_signal_file(base, head)
-    try: return wfdb.rdrecord(str(base), physical=False)     # digital: the checksums are sums of the stored samples
+    try: rec = wfdb.rdrecord(str(base), physical=False)     # digital: the checksums are sums of the stored samples
     except FileNotFoundError as e: raise RecordError(base, f"missing signal file ({e})", "missing file") from e
     except Exception as e:
+        try: head = wfdb.rdheader(str(base))
+        except Exception as h: raise RecordError(base, f"unreadable header ({h})", "unreadable header") from h
+        _check_signal_file(base, head)       # a size that disagrees with the header says what is wrong
         raise RecordError(base, f"truncated or corrupt signal file ({type(e).__name__}: {e})", "truncated") from e
+    _check_signal_file(base, rec)            # a read that succeeded can still be the wrong size (a miscounting header)
+    return rec
 
 # %% ../nbs/02_signals.ipynb #e8daa666
 def _units(base: Path, units: list, cols: list[int]) -> list[str]:
