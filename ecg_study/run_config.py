@@ -65,6 +65,7 @@ class TrainConfig:
     batch_size: int = 32
     epochs: int = 40                    # the most epochs a fit runs
     patience: int = 0                   # early stopping after this many epochs without validation gain (0: never)
+    min_epochs: int = 0                 # no early stop before this many epochs (a fit from scratch first learns label priors)
     lr: float = 1e-3
     weight_decay: float = 1e-3
     lr_ssm: float = 1e-3

@@ -102,7 +102,7 @@ def make_trainer(cfg: TrainConfig, run_dir: Path, monitor: str, mode: str, n_tra
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
     stop = [EarlyStopping(monitor, patience=cfg.patience, mode=mode)] if cfg.patience > 0 else []
     return L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-                     precision=resolve_precision(cfg), max_epochs=cfg.epochs, max_time=cfg.max_time,
+                     precision=resolve_precision(cfg), max_epochs=cfg.epochs, min_epochs=cfg.min_epochs, max_time=cfg.max_time,
                      deterministic="warn" if cfg.deterministic else None, logger=CSVLogger(run_dir, name="logs"),
                      callbacks=[best, last, EpochSync(), RandomState(), *stop], enable_progress_bar=cfg.enable_progress_bar,
                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir,
