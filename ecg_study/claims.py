@@ -153,9 +153,9 @@ class ClaimEvaluator:
         if (key, s) not in self._auc: self._auc[key, s] = self._compute(key, s)
         return self._auc[key, s]
 
-    def prefetch(self, claims: list[Claim], n_threads: int = 1) -> None:
-        "Compute, `n_threads` at a time, the AUROCs `claims` will read (NumPy releases the GIL in the sorts and sums)."
-        todo = sorted({(k, s) for c in claims for k in c.models() if k in self.preds for s in self.preds[k].scores} - set(self._auc), key=str)
+    def prefetch(self, n_threads: int = 1) -> None:
+        "Compute every run's AUROCs, `n_threads` at a time (NumPy releases the GIL in the sorts and sums)."
+        todo = sorted({(k, s) for k, p in self.preds.items() for s in p.scores} - set(self._auc), key=str)
         for k, _ in todo: self._weights(self.preds[k])          # the shared resamples, drawn once before the threads start
         with ThreadPoolExecutor(max(1, n_threads)) as ex:
             self._auc.update(zip(todo, ex.map(lambda ks: self._compute(*ks), todo)))

@@ -39,7 +39,7 @@ def claims_summary(plan_dir: Path) -> str:
 
 VERSIONS = ("ecg_study", "torch", "lightning", "numpy", "pandas", "scikit-learn", "wfdb", "neurokit2", "duckdb", "papermill")
 MODEL_KEYS = ("d_model", "n_layers", "d_state", "projector_dims", "lambd", "batch_size", "pretrain_batch_size", "epochs",
-              "patience", "lr", "freeze_depth", "crossfit")
+              "patience", "min_epochs", "lr", "freeze_depth", "crossfit")
 
 def _commit() -> str:
     import subprocess

@@ -100,6 +100,8 @@ class TrainConfig:
         if (self.regularizer == "none") != (self.reg_weight == 0):
             raise ValueError(f"TrainConfig: regularizer {self.regularizer!r} with reg_weight {self.reg_weight}: "
                              "a pull needs a weight > 0, and a weight needs a pull")
+        if self.min_epochs > self.epochs:
+            raise ValueError(f"TrainConfig: min_epochs {self.min_epochs} > epochs {self.epochs}")
 
     def to_dict(self) -> dict:
         "JSON-ready dict."

@@ -25,9 +25,9 @@ from .stage_modules import (DiagnosisModule, FusionModule, JointModule, LabModul
 log = get_logger("ecg_study.training")
 
 # %% auto #0
-__all__ = ['log', 'RUNTIME_FIELDS', 'EpochSync', 'RandomState', 'resolve_precision', 'make_trainer', 'run_fingerprint', 'predict',
-           'save_predictions', 'open_run', 'close_run', 'pool_predictions', 'pretrain', 'finetune_dx', 'finetune_lab',
-           'train_baseline', 'train_joint']
+__all__ = ['log', 'RUNTIME_FIELDS', 'EpochSync', 'RandomState', 'resolve_precision', 'WarmEarlyStopping', 'make_trainer',
+           'run_fingerprint', 'predict', 'save_predictions', 'open_run', 'close_run', 'pool_predictions', 'pretrain',
+           'finetune_dx', 'finetune_lab', 'train_baseline', 'train_joint']
 
 # %% ../nbs/10_training.ipynb #7c782d62
 class EpochSync(Callback):
@@ -94,22 +94,39 @@ def _quiet():
         try: yield
         finally: lg.setLevel(level)
 
+# %% ../nbs/10_training.ipynb #d3e282c8
+class WarmEarlyStopping(EarlyStopping):
+    "Early stopping that counts patience from the first epoch but stops no fit before `min_epochs` epochs."
+    def __init__(self, *args, min_epochs: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.min_epochs, self._warming = min_epochs, False
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        self._warming = trainer.current_epoch + 1 < self.min_epochs
+        super()._run_early_stopping_check(trainer)
+
+    def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
+        stop, reason = super()._evaluate_stopping_criteria(current)
+        # a run out of patience while warming is not stopped (Trainer.should_stop would stick, and not be checkpointed)
+        return (False, None) if stop and self._warming and torch.isfinite(current) else (stop, reason)
+
+
 # %% ../nbs/10_training.ipynb #75a593fb
 def make_trainer(cfg: TrainConfig, run_dir: Path, monitor: str, mode: str, n_train_batches: int) -> L.Trainer:
     "Lightning Trainer for one stage: devices/strategy/precision from `cfg`, checkpoints and CSV logs in `run_dir`."
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch}", monitor=monitor, mode=mode, save_top_k=1)
     # every epoch's end state, for resuming (Lightning's save_last writes only when the best improves)
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
-    stop = [EarlyStopping(monitor, patience=cfg.patience, mode=mode)] if cfg.patience > 0 else []
+    stop = [WarmEarlyStopping(monitor, patience=cfg.patience, mode=mode, min_epochs=cfg.min_epochs)] if cfg.patience > 0 else []
     return L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-                     precision=resolve_precision(cfg), max_epochs=cfg.epochs, min_epochs=cfg.min_epochs, max_time=cfg.max_time,
+                     precision=resolve_precision(cfg), max_epochs=cfg.epochs, max_time=cfg.max_time,
                      deterministic="warn" if cfg.deterministic else None, logger=CSVLogger(run_dir, name="logs"),
                      callbacks=[best, last, EpochSync(), RandomState(), *stop], enable_progress_bar=cfg.enable_progress_bar,
                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir,
                      log_every_n_steps=max(1, min(50, n_train_batches)), limit_train_batches=cfg.limit_train_batches)
 
 # Settings that may change between an interrupted run and its resumption.
-RUNTIME_FIELDS = ("epochs", "patience", "enable_progress_bar", "num_threads", "num_workers", "resume", "max_time",
+RUNTIME_FIELDS = ("epochs", "patience", "min_epochs", "enable_progress_bar", "num_threads", "num_workers", "resume", "max_time",
                   "accelerator", "devices", "strategy")
 
 def run_fingerprint(module: L.LightningModule, cfg: TrainConfig, data: dict | None) -> str:
