@@ -16,7 +16,7 @@ from .core import STUDY_LEADS
 # %% auto #0
 __all__ = ['AMP_LEADS', 'GLOBAL_LEADS', 'INTERVALS', 'AMPLITUDES', 'NOISE', 'MEASUREMENTS', 'KEY_MEASUREMENTS', 'R_WINDOW_MS',
            'LIMITS', 'SINUS_CODES', 'GROUP_ORDER', 'synth_signals', 'unit_of', 'measure_record', 'measure_records',
-           'scp_group', 'load_ptbxl', 'compare', 'plot_realism']
+           'stated', 'scp_group', 'load_ptbxl', 'group_context', 'compare', 'plot_realism']
 
 # %% ../nbs/17_realism.ipynb #5869fa5d
 def synth_signals(states, n: int | None = None, fs: int = 100, seed: int = 0) -> np.ndarray:
@@ -212,11 +212,14 @@ def measure_records(signals, fs, max_records: int | None = None, method: str = "
 SINUS_CODES = {"SR", "SARRH", "SBRAD", "STACH"}
 GROUP_ORDER = ["af", "lbbb", "rbbb", "mi", "lvh", "normal", "other"]
 
+def stated(codes: dict, code: str) -> bool:
+    "Whether a PTB-XL record states `code`: likelihood 0 (not given, for rhythm and form statements) or at least 50 %."
+    return code in codes and (codes[code] == 0 or codes[code] >= 50)
+
 def scp_group(codes: dict, mi_codes, pacemaker: bool = False) -> str:
     "Diagnostic group of one PTB-XL record from its {SCP code: likelihood} dict (first match in GROUP_ORDER)."
-    has = lambda c: c in codes and (codes[c] == 0 or codes[c] >= 50)
     for g, cs in (("af", {"AFIB"}), ("lbbb", {"CLBBB"}), ("rbbb", {"CRBBB"}), ("mi", set(mi_codes)), ("lvh", {"LVH"})):
-        if any(has(c) for c in cs): return g
+        if any(stated(codes, c) for c in cs): return g
     if codes.get("NORM", 0) >= 80 and set(codes) - {"NORM"} <= SINUS_CODES and not pacemaker: return "normal"
     return "other"
 
@@ -242,6 +245,20 @@ def load_ptbxl(root, fs: int = 100, ecg_ids=None) -> tuple[np.ndarray, pd.DataFr
                          group=scp_group(codes, mi_codes, pacemaker=pd.notna(row.pacemaker)), scp_codes=row.scp_codes))
     n = min((len(x) for x in sigs), default=0)
     return np.stack([x[:n] for x in sigs]) if sigs else np.zeros((0, 0, 12), np.float32), pd.DataFrame(rows)
+
+# %% ../nbs/17_realism.ipynb #dc08f073
+def group_context(root, meta: pd.DataFrame) -> pd.DataFrame:
+    "Per PTB-XL group: records, median age, and the share stating an ST-T, MI or conduction (CD) statement, or LAFB (a group's own class counts too)."
+    scp = pd.read_csv(Path(root) / "scp_statements.csv", index_col=0)
+    klass = scp["diagnostic_class"].dropna().to_dict()
+    codes = meta["scp_codes"].map(ast.literal_eval)
+    of = lambda k: codes.map(lambda d: any(klass.get(c) == k and stated(d, c) for c in d))
+    t = pd.DataFrame({"group": meta["group"], "age": meta["age"], "sttc": of("STTC"), "mi": of("MI"), "cd": of("CD"),
+                      "lafb": codes.map(lambda d: stated(d, "LAFB"))})
+    out = t.groupby("group").agg(records=("age", "size"), median_age=("age", "median"), share_sttc=("sttc", "mean"),
+                                 share_mi=("mi", "mean"), share_cd=("cd", "mean"), share_lafb=("lafb", "mean"))
+    return out.reindex([g for g in GROUP_ORDER if g in out.index])
+
 
 # %% ../nbs/17_realism.ipynb #241c15c6
 def compare(real: pd.DataFrame, synth: pd.DataFrame, by: str | None = "group", measurements=None) -> pd.DataFrame:

@@ -99,6 +99,7 @@ def _components(p: dict, m: dict) -> list:
     if p["p_gain"] > 0:
         pr = (p["pr"] + m["pr_jit"]) / 1000
         comps.append((-pr + .05, .022, .022, p["p_gain"] * m["p_amp"] * _unit([.6, .8, .15])))
+    i0 = len(comps)                                                  # the QRS components start here
     if p["lbbb"]:
         # no septal q; small leftward-anterior initial forces (the small r of V1-V2), then a broad leftward-posterior mass
         main, g = _unit(frontal + [0, 0, -.9]), g * ECG_EFFECTS["qrs_gain_lbbb"]
@@ -109,10 +110,15 @@ def _components(p: dict, m: dict) -> list:
                   (.40 * q, .10 * q, .10 * q, .75 * g * _unit(frontal * .8 + [0, 0, .55 + m["transition"]])),
                   (.52 * q, .10 * q, .10 * q, 1.05 * g * _unit(frontal + [0, 0, -.85])),
                   (.78 * q, .08 * q, .08 * q, .12 * g * _unit([-.3, -.5, -.45]))]
+    if p["old_mi"]:
+        # the scar generates no forces: the left-ventricular forces that pointed at it shrink (R-wave loss in its leads,
+        # the axis turns away), and, with normal conduction, the initial vector points away from it (the Q wave);
+        # under LBBB the septum is activated from the right and the Q wave is masked
+        scar, lost = -Q_VECTORS[p["old_mi"]], ECG_EFFECTS["qrs_loss_old_mi"]
+        comps[i0:] = [(o, sl, sr, v - lost * max(float(v @ scar), 0.0) * scar) for o, sl, sr, v in comps[i0:]]
+        if not p["lbbb"]: comps.append((.2 * q, .1 * q, .1 * q, .55 * Q_VECTORS[p["old_mi"]]))
     if p["rbbb"]:
         comps.append((q - .035, .022, .026, .55 * _unit([-.55, 0, .8])))
-    if p["old_mi"]:
-        comps.append((.2 * q, .1 * q, .1 * q, .55 * Q_VECTORS[p["old_mi"]]))
     t_end = (p["qt"] + m["qt_jit"]) / 1000
     sr = .038 * p["t_width"]
     t_peak, t_dir = t_end - 2.6 * sr, _unit(frontal + [0, 0, m["t_tilt"]])
