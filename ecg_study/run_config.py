@@ -65,7 +65,7 @@ class TrainConfig:
     batch_size: int = 32
     epochs: int = 40                    # the most epochs a fit runs
     patience: int = 0                   # early stopping after this many epochs without validation gain (0: never)
-    min_epochs: int = 0                 # no early stop before this many epochs (a fit from scratch first learns label priors)
+    min_epochs: int = 0                 # no early stop before this many epochs (a fit from scratch first learns label priors); above `epochs`, no early stop
     lr: float = 1e-3
     weight_decay: float = 1e-3
     lr_ssm: float = 1e-3
@@ -100,8 +100,6 @@ class TrainConfig:
         if (self.regularizer == "none") != (self.reg_weight == 0):
             raise ValueError(f"TrainConfig: regularizer {self.regularizer!r} with reg_weight {self.reg_weight}: "
                              "a pull needs a weight > 0, and a weight needs a pull")
-        if self.min_epochs > self.epochs:
-            raise ValueError(f"TrainConfig: min_epochs {self.min_epochs} > epochs {self.epochs}")
 
     def to_dict(self) -> dict:
         "JSON-ready dict."
