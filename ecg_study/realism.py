@@ -253,7 +253,8 @@ def group_context(root, meta: pd.DataFrame) -> pd.DataFrame:
     klass = scp["diagnostic_class"].dropna().to_dict()
     codes = meta["scp_codes"].map(ast.literal_eval)
     of = lambda k: codes.map(lambda d: any(klass.get(c) == k and stated(d, c) for c in d))
-    t = pd.DataFrame({"group": meta["group"], "age": meta["age"], "sttc": of("STTC"), "mi": of("MI"), "cd": of("CD"),
+    age = meta["age"].where(meta["age"] < 300, 90)          # PTB-XL writes ages above 89 as 300
+    t = pd.DataFrame({"group": meta["group"], "age": age, "sttc": of("STTC"), "mi": of("MI"), "cd": of("CD"),
                       "lafb": codes.map(lambda d: stated(d, "LAFB"))})
     out = t.groupby("group").agg(records=("age", "size"), median_age=("age", "median"), share_sttc=("sttc", "mean"),
                                  share_mi=("mi", "mean"), share_cd=("cd", "mean"), share_lafb=("lafb", "mean"))

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from .core import get_logger
@@ -107,8 +108,12 @@ class WarmEarlyStopping(EarlyStopping):
 
     def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
         stop, reason = super()._evaluate_stopping_criteria(current)
-        # a run out of patience while warming is not stopped (Trainer.should_stop would stick, and not be checkpointed)
-        return (False, None) if stop and self._warming and torch.isfinite(current) else (stop, reason)
+        # only patience waits (a non-finite metric still stops); Trainer(min_epochs) instead holds a sticky
+        # should_stop, which stops a fit improving again at min_epochs and is not checkpointed
+        if stop and self._warming and self.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED:
+            self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+            return False, None
+        return stop, reason
 
 
 # %% ../nbs/10_training.ipynb #75a593fb

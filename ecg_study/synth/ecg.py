@@ -243,9 +243,9 @@ def machine_report(p: dict, rng) -> list[str]:
     if p["lbbb"] and say(): major.append("Left bundle branch block")
     if p["rbbb"] and say(): major.append("Right bundle branch block")
     if p["lvh"] and not p["lbbb"] and say(): major.append("Left ventricular hypertrophy")
-    if p["old_mi"] and say(): major.append({"anterior": "Anteroseptal infarct - age undetermined",
-                                            "inferior": "Inferior infarct - age undetermined",
-                                            "lateral": "Lateral infarct - age undetermined"}[p["old_mi"]])
+    if p["old_mi"] and not p["lbbb"] and say():       # LBBB masks an old infarct's Q waves, as it masks LVH's voltage
+        major.append({"anterior": "Anteroseptal infarct - age undetermined", "inferior": "Inferior infarct - age undetermined",
+                      "lateral": "Lateral infarct - age undetermined"}[p["old_mi"]])
     if p["stemi"] and say(): major += [f"{p['stemi'].capitalize()} injury pattern", "** ** ACUTE MI / STEMI ** **"]
     if p["nstemi"] and say(): major.append("ST depression, consider subendocardial injury")
     minor = []

@@ -90,7 +90,8 @@ ECG_SIGNS = {
     "stemi_anterior": ["st_elevation_v1_v4", "hyperacute_t", "heart_rate_up"],
     "stemi_inferior": ["st_elevation_ii_iii_avf", "st_depression_avl", "hyperacute_t", "heart_rate_up"],
     "stemi_lateral": ["st_elevation_i_avl_v5_v6", "st_depression_iii", "hyperacute_t", "heart_rate_up"],
-    "nstemi": ["st_depression_lateral"], "old_mi": ["pathological_q_waves", "t_inversion_territory"],
+    "nstemi": ["st_depression_lateral"], "old_mi": ["pathological_q_waves (not under LBBB)", "r_wave_loss_territory",
+               "qrs_axis_away_from_scar", "t_inversion_territory"],
     "lvh": ["high_qrs_voltage", "left_axis_shift", "lateral_strain"], "heart_failure": ["low_qrs_voltage", "heart_rate_up"],
 }
 LAB_ECG = [("potassium", "t_wave_amplitude", "+"), ("potassium", "t_wave_width", "-"), ("potassium", "u_wave_amplitude", "-"),
