@@ -13,8 +13,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['MIMIC_LEADS', 'STUDY_LEADS', 'RAW_FS', 'RAW_SAMPLES', 'FS', 'N_SAMPLES', 'CROP', 'CLIP_MV', 'STATS', 'VITALS',
            'ETHNICITIES', 'BIOMETRICS', 'TAB_PREFIXES', 'LABS', 'LAB_BY_STEM', 'SAMPLES_ENV', 'LAB_LIMITS', 'Lab',
-           'lab_stem', 'sample_path', 'seed_everything', 'get_logger', 'read_table', 'as_number', 'record_path',
-           'gem_table', 'atomic_write']
+           'lab_stem', 'sample_path', 'seed_everything', 'get_logger', 'usable_cores', 'read_table', 'as_number',
+           'record_path', 'gem_table', 'atomic_write']
 
 # %% ../nbs/00_core.ipynb #e85e2d05
 MIMIC_LEADS = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -114,6 +114,12 @@ def get_logger(name: str = "ecg_study") -> logging.Logger:
         for h in handlers: h.setFormatter(fmt); root.addHandler(h)
         root.setLevel(os.environ.get("ECG_STUDY_LOG", "INFO"))
     return log
+
+# %% ../nbs/00_core.ipynb #e839c422
+def usable_cores() -> int:
+    "Cores this process may run on: its CPU affinity where the OS reports one (a container's share), else the CPU count."
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
 
 # %% ../nbs/00_core.ipynb #abc8f938
 def read_table(name: str) -> list[dict]:

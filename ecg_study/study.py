@@ -8,7 +8,7 @@ import hashlib, json, os, re, shutil, tempfile, time, uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from .core import get_logger
+from .core import get_logger, usable_cores
 from .report import claims_summary, timing_table, write_index
 from .plans import PACKAGE_DIR, RUN_KEYS, STAGES_DIR, load_plan, plan_path, run_seeds, run_tag, stage_parameters
 from jupyter_client.manager import AsyncKernelManager
@@ -394,7 +394,7 @@ def run_plan(plan: str | Path = "quick", force: bool = False, only: list[str] | 
     plan_dir = Path(reports or "reports").resolve() / spec["name"]      # reports/ (and data/ beside it) in the working directory
     plan_dir.mkdir(parents=True, exist_ok=True)
     parallel = int(spec.get("parallel", 1))
-    n_threads = max(1, (os.cpu_count() or 1) // parallel)
+    n_threads = max(1, usable_cores() // parallel)
     os.environ.setdefault("PYTHONPATH", str(PACKAGE_DIR.parent))   # the kernels import the package this runner imported
     os.environ.pop("MPLBACKEND", None)   # the stage kernels draw inline: Agg would leave every notebook without its plots
     t0 = time.time()
