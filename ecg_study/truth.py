@@ -14,8 +14,8 @@ from .datasets import split_indices
 log = get_logger("ecg_study.truth")
 
 # %% auto #0
-__all__ = ['log', 'truth_dir', 'label_code', 'label_visibility', 'ecg_tied_labels', 'latent_matrix', 'oracle_scores',
-           'dataset_oracle']
+__all__ = ['log', 'ORACLE_FEATURES', 'truth_dir', 'label_code', 'label_visibility', 'ecg_tied_labels', 'latent_matrix',
+           'oracle_scores', 'ecg_matrix', 'dataset_oracle']
 
 # %% ../nbs/16_truth.ipynb #6c790932
 def truth_dir(data_dir) -> Path:
@@ -58,15 +58,33 @@ def oracle_scores(X: np.ndarray, y: np.ndarray, parts: list[tuple[np.ndarray, np
             out[test, k] = LogisticRegression(C=C, max_iter=500).fit(X[tr], y[tr, k]).predict_proba(X[test])[:, 1]
     return out
 
+# %% ../nbs/16_truth.ipynb #69d7ab1e
+def ecg_matrix(cohort: pd.DataFrame, states: dict) -> np.ndarray:
+    """Each record's noise-free beat summary (`synth.ecg.beat_summary` of its state in truth/ecg_states.json), z-scored
+    over the cohort (no label is read): what the ECG itself shows, for the ECG ceiling."""
+    from ecg_study.synth.ecg import beat_summary
+    missing = [s for s in cohort["study_id"].astype(str) if s not in states]
+    if missing: raise KeyError(f"truth/ecg_states.json has no state for {len(missing)} records (first: {missing[0]})")
+    X = pd.DataFrame([beat_summary(states[s]) for s in cohort["study_id"].astype(str)]).to_numpy(float)
+    return (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
+
+
 # %% ../nbs/16_truth.ipynb #824c1056
-def dataset_oracle(data_dir, labels: list[str], crossfit: int = 0) -> dict:
-    "Oracle scores for `labels` of a synthetic prepared dataset: {y_true, y_score, labels, rows, study_ids}."
+ORACLE_FEATURES = ("latent", "ecg")
+
+def dataset_oracle(data_dir, labels: list[str], crossfit: int = 0, features: str = "latent") -> dict:
+    """Oracle scores for `labels` of a synthetic prepared dataset: {y_true, y_score, labels, rows, study_ids}. `latent`
+    fits the stay's latent conditions (the ceiling coding noise leaves); `ecg` fits what the noise-free ECG shows
+    (`ecg_matrix`): the ceiling of a reader of the ECG, below `latent` where a condition's waves overlap normal variation."""
     from ecg_study.datasets import label_matrix, load_prepared
-    data = load_prepared(data_dir)
-    X = latent_matrix(data.cohort, pd.read_csv(truth_dir(data_dir) / "stays.csv"))
+    if features not in ORACLE_FEATURES: raise ValueError(f"features {features!r}: one of {ORACLE_FEATURES}")
+    data, tdir = load_prepared(data_dir), truth_dir(data_dir)
+    X = (latent_matrix(data.cohort, pd.read_csv(tdir / "stays.csv")) if features == "latent"
+         else ecg_matrix(data.cohort, json.loads((tdir / "ecg_states.json").read_text())))
     y = label_matrix(data.cohort, labels)
     splits = [split_indices(data.cohort, crossfit, g) for g in range(max(crossfit, 1))]
     parts = [(np.r_[s["train"], s["val"]], s["test"]) for s in splits]
     rows = np.sort(np.concatenate([t for _, t in parts]))
     s = oracle_scores(X, y, parts)
     return dict(y_true=y[rows], y_score=s[rows], labels=list(labels), rows=rows, study_ids=data.cohort["study_id"].to_numpy()[rows])
+

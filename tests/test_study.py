@@ -158,6 +158,9 @@ def test_tiny_plan_end_to_end(tiny):
     assert set(claims.verdict) <= {"supported", "contradicted", "inconclusive"}
     assert (claims.ci_low <= claims.estimate).all() and (claims.mde > 0).all()
     assert (pd_ / "results.md").read_text().index("## Claims") < (pd_ / "results.md").read_text().index("The paper's table")
+    oracle = pd.read_csv(pd_ / "oracle.csv")                         # both ceilings, per label, on the records ECG-only scored
+    assert {"oracle_auroc", "ecg_reader_auroc", "ecg_only_auroc", "margin_share", "reader_share"} <= set(oracle.columns)
+    assert oracle.ecg_reader_auroc.dropna().between(0, 1).all() and oracle.ecg_reader_auroc.notna().any()
     index = (pd_ / "index.html").read_text()
     assert "broken_s0" in index and "failed" in index and "method_s0_dx/finetune_dx.html" in index
     assert "runs/method.html" in index and "method_s0_dx" in (pd_ / "runs" / "method.html").read_text()   # a page per run

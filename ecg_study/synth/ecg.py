@@ -10,8 +10,8 @@ from ..core import RAW_FS, RAW_SAMPLES, read_table
 
 # %% auto #0
 __all__ = ['ECG_EFFECTS', 'DEFAULT_STATE', 'TERRITORIES', 'NORMAL', 'LEAD_I', 'LEAD_II', 'PRECORDIAL', 'ST_VECTORS', 'Q_VECTORS',
-           'R_AMP', 'MAX_BEATS', 'NO_MEASUREMENT', 'MM_COLUMNS', 'lab_effective', 'ecg_params', 'limb_and_precordial',
-           'simulate_ecg', 'machine_report', 'machine_measurements']
+           'R_AMP', 'MAX_BEATS', 'BEAT_VECTORS', 'NO_MEASUREMENT', 'MM_COLUMNS', 'lab_effective', 'ecg_params',
+           'limb_and_precordial', 'simulate_ecg', 'beat_summary', 'machine_report', 'machine_measurements']
 
 # %% ../../nbs/01b_synth_ecg.ipynb #099ce1e4
 # every ECG coefficient, with its range and source: one home, read by `ecg_params` and copied to truth/
@@ -220,6 +220,30 @@ def _simulate(state: dict, rng: np.random.Generator, fs: int = RAW_FS, n: int = 
 def simulate_ecg(state: dict, rng: np.random.Generator, fs: int = RAW_FS, n: int = RAW_SAMPLES) -> np.ndarray:
     "Simulate a 12-lead ECG (n, 12) in mV, leads in MIMIC_LEADS order, from an ECG state dict."
     return _simulate(state, rng, fs, n)[0]
+
+# %% ../../nbs/01b_synth_ecg.ipynb #cb4ebf3b
+BEAT_VECTORS = ("p", "qrs_initial", "qrs_mean", "qrs_terminal", "st", "t", "u")
+
+def beat_summary(state: dict) -> dict[str, float]:
+    """What a noise-free record of `state` shows, read as a vectorcardiogram: the rhythm (rate, RR variation), the
+    intervals, and the area vectors of its beat's P wave, initial, whole and terminal QRS, ST segment, T and U waves
+    (with their lengths). Noise, beat-to-beat jitter and the conditions behind the waves are left out: these are the
+    features of the study's ECG ceiling (`truth.dataset_oracle`), which reads the ECG as drawn, not the diagnosis."""
+    s = {**DEFAULT_STATE, **state}
+    if s["morph_seed"] is None: raise ValueError("the state has no morph_seed: its morphology came from the record's own stream")
+    p = ecg_params(s)
+    m = _morphology(p, np.random.default_rng(s["morph_seed"]))
+    comps, q = _components(p, m), (p["qrs"] + m["qrs_jit"]) / 1000
+    t_end = (p["qt"] + m["qt_jit"]) / 1000
+    area = lambda lo, hi: sum((v * (sl + sr) for o, sl, sr, v in comps if lo <= o < hi), np.zeros(3))
+    vec = dict(p=area(-1, 0), qrs_initial=area(0, .3 * q), qrs_mean=area(0, q), qrs_terminal=area(.6 * q, q),
+               st=_st_vector(p), t=area(q, t_end), u=area(t_end, 1))
+    out = dict(hr=p["hr"], rr_cv=p["rr_cv"], pr=(p["pr"] + m["pr_jit"]) * (p["p_gain"] > 0), qrs=1000 * q,
+               qt=1000 * t_end, t_width=p["t_width"])
+    for k in BEAT_VECTORS:
+        out |= {f"{k}_{a}": float(x) for a, x in zip("xyz", vec[k])} | {f"{k}_norm": float(np.linalg.norm(vec[k]))}
+    return out
+
 
 # %% ../../nbs/01b_synth_ecg.ipynb #9d4fdc46
 NO_MEASUREMENT = 29999
