@@ -97,6 +97,11 @@ class DiskPeak(threading.Thread):
             except FileNotFoundError: continue      # a spill file removed while summing
             self.peak_mb = max(self.peak_mb, mb)
 
+def proc_rss_mb() -> dict:
+    "This process's resident memory now and its peak so far (MB), after a step: which step sets the peak."
+    st = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(("VmRSS", "VmHWM")))
+    return {"now": round(int(st["VmRSS"].split()[0]) / 1024, 1), "peak": round(int(st["VmHWM"].split()[0]) / 1024, 1)}
+
 def folder_mb(path: Path) -> float: return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
 
 def bench_sql(root: Path, work: Path, memory_limit: str) -> dict:
@@ -104,8 +109,10 @@ def bench_sql(root: Path, work: Path, memory_limit: str) -> dict:
     from ecg_study import cohort as co, raw_tables
     steps, t0 = {}, time.time()
     disk = DiskPeak(work); disk.start()
+    rss = {}
     def lap(name):
         nonlocal t0; steps[name] = round(time.time() - t0, 2); t0 = time.time()
+        rss[name] = proc_rss_mb()
     con = raw_tables.connect_raw(root, root / "ecg", memory_limit, work); lap("connect + layout checks")
     raw_tables.quality_counts(con); lap("quality rules (one scan per table, labevents' plausibility limits)")
     co.select_samples(con); lap("samples (ECG in ED window)")
@@ -118,7 +125,7 @@ def bench_sql(root: Path, work: Path, memory_limit: str) -> dict:
     n_le = con.execute("SELECT count(*) FROM labevents").fetchall()[0][0]
     disk.done.set(); disk.join()
     return {"labevents_rows": n_le, "samples": len(feats), "features": feats.shape[1], "diagnosis_labels": dx.shape[1],
-            "steps_s": steps, "total_s": round(sum(steps.values()), 2), "peak_rss_mb": round(rss_mb(), 1),
+            "steps_s": steps, "steps_rss_mb": rss, "total_s": round(sum(steps.values()), 2), "peak_rss_mb": round(rss_mb(), 1),
             "duckdb_memory_limit": memory_limit, "duckdb_temp_peak_mb": round(disk.peak_mb, 1)}
 
 def bench_signals(paths: list[str], work: Path, jobs: int) -> dict:
