@@ -601,6 +601,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'ecg_study.synth.ecg._fibrillation': ('synth_ecg.html#_fibrillation', 'ecg_study/synth/ecg.py'),
                                      'ecg_study.synth.ecg._heart_rate': ('synth_ecg.html#_heart_rate', 'ecg_study/synth/ecg.py'),
                                      'ecg_study.synth.ecg._morphology': ('synth_ecg.html#_morphology', 'ecg_study/synth/ecg.py'),
+                                     'ecg_study.synth.ecg._record_morphology': ( 'synth_ecg.html#_record_morphology',
+                                                                                 'ecg_study/synth/ecg.py'),
                                      'ecg_study.synth.ecg._simulate': ('synth_ecg.html#_simulate', 'ecg_study/synth/ecg.py'),
                                      'ecg_study.synth.ecg._st_vector': ('synth_ecg.html#_st_vector', 'ecg_study/synth/ecg.py'),
                                      'ecg_study.synth.ecg._unit': ('synth_ecg.html#_unit', 'ecg_study/synth/ecg.py'),

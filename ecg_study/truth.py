@@ -63,9 +63,10 @@ def ecg_matrix(cohort: pd.DataFrame, states: dict) -> np.ndarray:
     """Each record's noise-free beat summary (`synth.ecg.beat_summary` of its state in truth/ecg_states.json), z-scored
     over the cohort (no label is read): what the ECG itself shows, for the ECG ceiling."""
     from ecg_study.synth.ecg import beat_summary
-    missing = [s for s in cohort["study_id"].astype(str) if s not in states]
+    ids = cohort["study_id"].astype(str).tolist()
+    missing = [s for s in ids if s not in states]
     if missing: raise KeyError(f"truth/ecg_states.json has no state for {len(missing)} records (first: {missing[0]})")
-    X = pd.DataFrame([beat_summary(states[s]) for s in cohort["study_id"].astype(str)]).to_numpy(float)
+    X = pd.DataFrame([beat_summary(states[s]) for s in ids]).to_numpy(float)
     return (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
 
 

@@ -203,12 +203,15 @@ def _electrode_noise(t: np.ndarray, rng, level: float, mains_hz: float) -> np.nd
     return wander + emg + mains
 
 # %% ../../nbs/01b_synth_ecg.ipynb #c698e04c
+def _record_morphology(p: dict, s: dict, rng) -> dict:
+    "A record's morphology: seeded by the patient's `morph_seed` (the same on every record of a patient), else from `rng`."
+    return _morphology(p, np.random.default_rng(s["morph_seed"]) if s["morph_seed"] is not None else rng)
+
 def _simulate(state: dict, rng: np.random.Generator, fs: int = RAW_FS, n: int = RAW_SAMPLES):
     "Signal (n, 12) in mV plus the parameters and morphology used (for machine measurements)."
     s = {**DEFAULT_STATE, **state}
     p = ecg_params(s)
-    mrng = np.random.default_rng(s["morph_seed"]) if s["morph_seed"] is not None else rng
-    m = _morphology(p, mrng)
+    m = _record_morphology(p, s, rng)
     t = np.arange(n) / fs
     # one random stream per part: an intervention that changes the rate or a wave leaves the others' draws alone
     r_beats, r_amp, r_fib, r_noise = rng.spawn(4)
@@ -232,7 +235,7 @@ def beat_summary(state: dict) -> dict[str, float]:
     s = {**DEFAULT_STATE, **state}
     if s["morph_seed"] is None: raise ValueError("the state has no morph_seed: its morphology came from the record's own stream")
     p = ecg_params(s)
-    m = _morphology(p, np.random.default_rng(s["morph_seed"]))
+    m = _record_morphology(p, s, None)
     comps, q = _components(p, m), (p["qrs"] + m["qrs_jit"]) / 1000
     t_end = (p["qt"] + m["qt_jit"]) / 1000
     area = lambda lo, hi: sum((v * (sl + sr) for o, sl, sr, v in comps if lo <= o < hi), np.zeros(3))
