@@ -29,7 +29,7 @@ def claims_summary(plan_dir: Path) -> str:
     "The headline: one line per claim of `claims.csv` (estimate, 95 % interval, MDE, verdict), for the console."
     import pandas as pd
     p = plan_dir / "claims.csv"
-    if not p.exists(): return "\nNo claims.csv (the evaluate stage did not finish)."
+    if not p.exists(): return "\nNo claims.csv (the evaluate stage has not run, or failed)."
     def line(r):
         if pd.isna(r.estimate): return f"  {r.claim:4s} {r.verdict:13s} {r.statement}"
         f = "{:.3f}" if getattr(r, "kind", "") == "level" else "{:+.3f}"      # a level is an AUROC, not a difference
@@ -144,7 +144,7 @@ def write_index(plan_dir: Path, plan: dict, results: list, plan_file: Path | Non
     res = mistune.create_markdown(plugins=["table"])((plan_dir / "results.md").read_text()) + \
         '<p>Long-form: <a href="claims.csv">claims.csv</a> · <a href="results.csv">results.csv</a> · ' \
         '<a href="oracle.csv">oracle.csv</a> · <a href="convergence.csv">convergence.csv</a> · <a href="results.tex">results.tex</a></p>' \
-        if (plan_dir / "results.md").exists() else "<p>No results yet (the evaluate stage did not finish).</p>"
+        if (plan_dir / "results.md").exists() else "<p>No results yet (the evaluate stage has not run, or failed).</p>"
     cap_file = plan_dir / "figures" / "captions.json"
     caps = json.loads(cap_file.read_text()) if cap_file.exists() else {}
     fmt = lambda p: " · ".join(f'<a href="figures/{p.stem}.{e}">{e.upper()}</a>' for e in ("svg", "pdf") if p.with_suffix(f".{e}").exists())

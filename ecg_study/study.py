@@ -370,16 +370,17 @@ def schedule(steps: list[Step], plan_dir: Path, force: bool = False, only: list[
             done[s.name] = res = fut.result()
             _write_stamp(plan_dir / s.name, key, res)
             if res.status == "ok": keys[s.name] = _downstream_key(s, key, plan_dir)
-            _log_progress(res, done, wanted, len(steps), len(running), parallel, t_start)
+            _log_progress(res, done, wanted, len(running), parallel, t_start)
     return [done[s.name] for s in steps]
 
 # %% ../nbs/12_study.ipynb #753088a1
-def _log_progress(res: StepResult, done: dict, wanted: set, n_steps: int, n_running: int, parallel: int, t_start: float) -> None:
-    "One progress line: steps done of the plan, running and queued, minutes so far and a rough estimate of those left."
-    n_done = sum(r.status != "not selected" for r in done.values())
+def _log_progress(res: StepResult, done: dict, wanted: set, n_running: int, parallel: int, t_start: float) -> None:
+    """One progress line: steps done of those selected (the whole plan without `--only`), running and queued, minutes
+    so far and a rough estimate of those left."""
+    n_done = sum(n in wanted for n in done)
     ran = [r.seconds for r in done.values() if r.status in ("ok", "failed")]
-    left = (len(wanted) - sum(n in wanted for n in done)) * sum(ran) / len(ran) / parallel / 60
-    log.info("[%d/%d steps, %d running, %d queued, %.0f min, ~%.0f min left] %s %s in %.0f s %s", n_done, n_steps,
+    left = (len(wanted) - n_done) * sum(ran) / len(ran) / parallel / 60
+    log.info("[%d/%d steps, %d running, %d queued, %.0f min, ~%.0f min left] %s %s in %.0f s %s", n_done, len(wanted),
              min(n_running, parallel), max(n_running - parallel, 0), (time.time() - t_start) / 60, left,
              res.status, res.name, res.seconds, res.error)
 
