@@ -5,7 +5,7 @@ cohort) to the prepared dataset: `cohort.parquet`, `signals.npy`, `manifest.json
 
 # %% ../nbs/03_cohort.ipynb #9a2e5b29
 from __future__ import annotations
-import hashlib, json, os, shutil, tempfile
+import hashlib, json, os, re, shutil, tempfile
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
@@ -464,6 +464,8 @@ def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_labe
     """Build the prepared dataset (cohort.parquet, signals.npy, manifest.json) in `out`; returns the manifest. It is
     built in a sibling folder and swapped in when complete: a failed or interrupted build leaves `out` as it was."""
     if source not in SOURCES: raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", str(memory_limit).strip(), re.IGNORECASE):   # before any work
+        raise ValueError(f"prepare: memory_limit {memory_limit!r} is not a size such as '4GB' or '3.5GiB'")
     out = Path(out).resolve()
     raw, ecg = source_paths(source, raw, ecg)
     if not raw.exists(): raise FileNotFoundError(f"prepare: raw source {raw} does not exist (nothing was written)")

@@ -101,6 +101,12 @@ def test_a_bad_record_is_counted_and_named(fault, base, tmp_path):
     issues = pd.read_csv(out / man["record_issues"])
     assert issues.reason.str.contains(kind, regex=False).any() or issues.kind.eq(kind).any()
 
+def test_a_memory_limit_that_is_not_a_size_is_refused_before_any_work(base, capsys):
+    raw, out = base
+    before = _snapshot(out)
+    assert main(["prepare", "--raw", str(raw), "--out", str(out), *PREPARE, "--memory-limit", "lots"]) == 2
+    assert "memory_limit 'lots' is not a size" in capsys.readouterr().err and _snapshot(out) == before
+
 def test_a_plan_with_a_typo_and_an_unknown_run_are_refused(tmp_path, capsys):
     from ecg_study.plans import plan_path
     bad = tmp_path / "typo.toml"; bad.write_text(plan_path("quick").read_text().replace("n_patients", "n_patiens", 1))
