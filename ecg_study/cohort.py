@@ -226,9 +226,8 @@ def build_features(con, study_ids=None, spill_dir: Path | None = None, memory_li
         LEFT JOIN acu ON acu.stay_id = sm.stay_id LEFT JOIN lab ON lab.stay_id = sm.stay_id"""
     with tempfile.TemporaryDirectory(dir=spill_dir) as tmp:
         path = Path(tmp) / "features.parquet"
-        con.sql("SET preserve_insertion_order = false")        # rows carry their position: order need not be buffered
-        try: con.sql(f"COPY ({sql}) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE 16384)")   # a row group is 470 columns wide
-        finally: con.sql("RESET preserve_insertion_order")
+        # rows carry their position, so order need not be buffered: `connect_raw` turns preserve_insertion_order off
+        con.sql(f"COPY ({sql}) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE 16384)")   # a row group is 470 columns wide
         con.unregister("feature_order")
         if memory_limit: con.sql(f"SET memory_limit = '{FILL_MEMORY_LIMIT}'")     # DuckDB hands its buffers back first
         try:
