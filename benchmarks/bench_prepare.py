@@ -95,10 +95,15 @@ class DiskPeak(threading.Thread):
             except FileNotFoundError: continue      # a spill file removed while summing
             self.peak_mb = max(self.peak_mb, mb)
 
+def status_kb(field: str, pid="self") -> int:
+    "A memory field (kB) of /proc/<pid>/status; 0 where the process has none (a zombie has no VmRSS)."
+    for l in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if l.startswith(f"{field}:"): return int(l.split()[1])
+    return 0
+
 def proc_rss_mb() -> dict:
     "This process's resident memory now and its peak so far (MB), after a step: which step sets the peak."
-    st = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(("VmRSS", "VmHWM")))
-    return {"now": round(int(st["VmRSS"].split()[0]) / 1024, 1), "peak": round(int(st["VmHWM"].split()[0]) / 1024, 1)}
+    return {"now": round(status_kb("VmRSS") / 1024, 1), "peak": round(status_kb("VmHWM") / 1024, 1)}
 
 def folder_mb(path: Path) -> float: return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
 
@@ -134,18 +139,13 @@ class TreeRssPeak(threading.Thread):
     `ru_maxrss` is no measure: a spawned worker starts as a fork, and counts the whole parent until it execs.)"""
     def __init__(self):
         super().__init__(daemon=True); self.peak_mb, self.done = 0.0, threading.Event()
-    @staticmethod
-    def _rss_kb(pid) -> int:
-        for l in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if l.startswith("VmRSS"): return int(l.split()[1])
-        return 0        # a zombie has no VmRSS line
     def run(self):
         me = os.getpid()
         while not self.done.wait(0.2):
-            kb = self._rss_kb(me)
+            kb = status_kb("VmRSS")
             for d in Path("/proc").iterdir():
                 try:
-                    if d.name.isdigit() and f"PPid:\t{me}\n" in (d / "status").read_text(): kb += self._rss_kb(d.name)
+                    if d.name.isdigit() and f"PPid:\t{me}\n" in (d / "status").read_text(): kb += status_kb("VmRSS", d.name)
                 except (FileNotFoundError, ProcessLookupError): continue    # a process that ended while read
             self.peak_mb = max(self.peak_mb, kb / 1024)
 
