@@ -57,11 +57,12 @@ def run_bundle(lab_dir) -> Path:
 def plan_model_dir(plan: str, reports=None) -> Path:
     "The finetune_lab run folder of a plan's headline method model."
     from ecg_study.plans import plan_path, run_seeds, run_tag
-    spec = tomllib.loads(plan_path(plan).read_text())
+    path = plan_path(plan)
+    spec = tomllib.loads(path.read_text())
     runs = [r for r in spec.get("runs", []) if r.get("kind") == "method" and r.get("lab", True)]
     if not runs: raise ValueError(f"plan {plan!r} has no method run with a lab head")
     run = next((r for r in runs if r["name"] == "method"), runs[0])
-    d = Path(reports or "reports") / spec.get("name", plan) / f"{run_tag(run['name'], run_seeds(run, spec)[0])}_lab"
+    d = Path(reports or "reports") / path.stem / f"{run_tag(run['name'], run_seeds(run, spec)[0])}_lab"
     if not (d / "metrics.json").exists():
         raise FileNotFoundError(f"plan {plan!r}: no finished model at {d}; run `ecg-study run --plan {plan}` first")
     return d
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ecg", help="MIMIC-IV-ECG folder (record_list.csv, files/); default: RAW/ecg")
     s.add_argument("--out", required=True, help="prepared dataset folder: new, empty or an earlier prepared dataset")
     s.add_argument("--min-label-count", type=int, help="keep diagnosis codes with at least this many ECGs (default: scaled MDS-ED rule)")
-    s.add_argument("--min-lab-pos", type=int, default=10, help="lab labels need this many positives and negatives in validation and test")
+    s.add_argument("--min-lab-pos", type=int, default=10, help="lab labels need this many positives and negatives: in the whole cohort for synthetic data, in validation and in test otherwise")
     s.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     s.add_argument("--jobs", type=int, default=2, help="worker processes reading records")
     s.add_argument("--memory-limit", default="4GB",
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--export-mds-ed", help="also write the dataset as an MDS-ED style csv here")
     s.add_argument("--quiet", action="store_true", help="no progress bar"); s.set_defaults(fn=_prepare)
     s = sub.add_parser("run", formatter_class=fmt, help="execute a study plan with papermill into reports/<plan>/")
-    s.add_argument("--plan", default="quick", help="a plan name (quick, paper) or a plan .toml file")
+    s.add_argument("--plan", default="quick", help="a plan name (quick, beyond, paper) or a plan .toml file")
     s.add_argument("--force", action="store_true", help="rerun the selected steps even when they are current")
     s.add_argument("--only", action="append", help="run only this run, run-seed (method_s0) or step, and what it needs (repeatable)")
     s.set_defaults(fn=_run)

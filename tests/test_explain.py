@@ -189,6 +189,9 @@ def test_cli_json_html_and_model_resolution(model, tmp_path, capsys):
     assert run_bundle(model["lab"]).stat().st_mtime == (model["lab"] / "bundle.pt").stat().st_mtime   # not rebuilt
     # a plan name → its headline method model
     assert plan_model_dir(str(model["root"] / "toyplan.toml"), reports=model["root"] / "reports") == model["lab"]
+    unnamed = model["root"] / "copy" / "toyplan.toml"      # a plan file without `name`: its reports are under its stem
+    unnamed.parent.mkdir(); unnamed.write_text((model["root"] / "toyplan.toml").read_text().replace('name = "toyplan"\n', ""))
+    assert plan_model_dir(str(unnamed), reports=model["root"] / "reports") == model["lab"]
     # html: one self-contained page per record with the 12-lead plot
     assert explain_cli([good, short], str(model["bundle"]), out=str(tmp_path / "html"), fmt="html") == 1
     page = (tmp_path / "html" / "good.html").read_text()
