@@ -171,7 +171,7 @@ def _demographics_sql() -> str:
         CASE g WHEN 'M' THEN 1.0 WHEN 'F' THEN 0.0 END AS demographics_gender, {eth}
       FROM s"""
 
-def _biometrics_sql() -> str:
+def _biometrics_sql(columns: dict[str, tuple[str, str]]) -> str:
     "OMR value closest to the arrival date within ±30 days (ties: the earlier date), one row per stay."
     union = " UNION ALL ".join(
         f"SELECT '{f}' AS var, subject_id, chartdate, seq_num, {_bounded(f'result_value * {k}', lo, hi)} AS v "
@@ -182,9 +182,9 @@ def _biometrics_sql() -> str:
       WHERE o.v IS NOT NULL
       QUALIFY row_number() OVER (PARTITION BY st.stay_id, o.var
         ORDER BY abs(date_diff('day', o.chartdate, CAST(st.intime AS DATE))), o.chartdate, o.seq_num, o.v) = 1"""
-    return pivot_sql(long, "stay_id", {f"biometrics_{f}": (f, "v") for f in BIOMETRIC_RULES})
+    return pivot_sql(long, "stay_id", columns)
 
-def _vitals_sql() -> str:
+def _vitals_sql(columns: dict[str, tuple[str, str]]) -> str:
     "ED vitalsign rows in [intime, intime + 90 min] under the per-measurement outlier rules: STATS per vital, one row per stay."
     union = " UNION ALL ".join(
         f"SELECT stay_id, charttime, '{v}' AS var, {_bounded(expr.replace('x', v), lo, hi)} AS v FROM vitalsign"
@@ -192,14 +192,14 @@ def _vitals_sql() -> str:
     long = f"""SELECT st.stay_id, var, date_diff('second', st.intime, x.charttime) / 60.0 AS minutes, x.v
       FROM stays st JOIN ({union}) x ON x.stay_id = st.stay_id
        AND x.charttime BETWEEN st.intime AND st.intime + INTERVAL {WINDOW_MIN} MINUTE"""
-    return pivot_sql(stats_sql(f"({long})", "stay_id"), "stay_id", stat_columns("vitals", VITALS))
+    return pivot_sql(stats_sql(f"({long})", "stay_id"), "stay_id", columns)
 
-def _labs_sql() -> str:
+def _labs_sql(columns: dict[str, tuple[str, str]]) -> str:
     "Cohort lab rows (`lab_rows`) in [intime, intime + 90 min]: STATS per lab, one row per stay."
     long = f"""SELECT st.stay_id, l.stem AS var, date_diff('second', st.intime, l.charttime) / 60.0 AS minutes, l.v
       FROM stays st JOIN lab_rows l ON l.stay_id = st.stay_id
       WHERE l.charttime BETWEEN st.intime AND st.intime + INTERVAL {WINDOW_MIN} MINUTE"""
-    return pivot_sql(stats_sql(f"({long})", "stay_id"), "stay_id", stat_columns("labvalues", [lab_stem(l.label) for l in LABS]))
+    return pivot_sql(stats_sql(f"({long})", "stay_id"), "stay_id", columns)
 
 FILL_MEMORY_LIMIT = "1GB"   # DuckDB's limit while the feature table fills (its tables spill to the temp folder meanwhile)
 
@@ -216,11 +216,13 @@ def build_features(con, study_ids=None, spill_dir: Path | None = None, memory_li
     con.register("feature_order", pd.DataFrame({"study_id": np.asarray(ids), "pos": np.arange(len(ids))}))
     acuity = f"""SELECT st.stay_id, CAST(min({_bounded('t.acuity', *ACUITY_RANGE)}) AS DOUBLE) AS vitals_acuity
       FROM stays st JOIN triage t ON t.stay_id = st.stay_id GROUP BY 1"""
+    # the pivoted columns, named once: each part's SQL selects them and the final SELECT orders them
+    bio = {f"biometrics_{f}": (f, "v") for f in BIOMETRIC_RULES}
     vit, lab = stat_columns("vitals", VITALS), stat_columns("labvalues", [lab_stem(l.label) for l in LABS])
     cols = ["demographics_age", "demographics_gender", *[f"demographics_ethnicity_{e}" for e in ETHNICITIES],
-            *[f"biometrics_{f}" for f in BIOMETRIC_RULES], *vit, "vitals_acuity", *lab]
-    sql = f"""WITH demo AS ({_demographics_sql()}), bio AS ({_biometrics_sql()}), vit AS ({_vitals_sql()}),
-        acu AS ({acuity}), lab AS ({_labs_sql()})
+            *bio, *vit, "vitals_acuity", *lab]
+    sql = f"""WITH demo AS ({_demographics_sql()}), bio AS ({_biometrics_sql(bio)}), vit AS ({_vitals_sql(vit)}),
+        acu AS ({acuity}), lab AS ({_labs_sql(lab)})
       SELECT o.pos, {", ".join(f'"{c}"' for c in cols)} FROM feature_order o JOIN samples sm USING (study_id)
         JOIN demo USING (study_id) LEFT JOIN bio ON bio.stay_id = sm.stay_id LEFT JOIN vit ON vit.stay_id = sm.stay_id
         LEFT JOIN acu ON acu.stay_id = sm.stay_id LEFT JOIN lab ON lab.stay_id = sm.stay_id"""
