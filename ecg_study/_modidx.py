@@ -267,6 +267,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ecg_study.plans._check_runs': ('plans.html#_check_runs', 'ecg_study/plans.py'),
                                  'ecg_study.plans._check_sections': ('plans.html#_check_sections', 'ecg_study/plans.py'),
                                  'ecg_study.plans.intervene_claims': ('plans.html#intervene_claims', 'ecg_study/plans.py'),
+                                 'ecg_study.plans.lab_seeds': ('plans.html#lab_seeds', 'ecg_study/plans.py'),
                                  'ecg_study.plans.load_plan': ('plans.html#load_plan', 'ecg_study/plans.py'),
                                  'ecg_study.plans.plan_path': ('plans.html#plan_path', 'ecg_study/plans.py'),
                                  'ecg_study.plans.resource_dir': ('plans.html#resource_dir', 'ecg_study/plans.py'),

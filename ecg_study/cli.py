@@ -56,13 +56,13 @@ def run_bundle(lab_dir) -> Path:
 
 def plan_model_dir(plan: str, reports=None) -> Path:
     "The finetune_lab run folder of a plan's headline method model."
-    from ecg_study.plans import plan_path, run_seeds, run_tag
+    from ecg_study.plans import lab_seeds, plan_path, run_tag
     path = plan_path(plan)
     spec = tomllib.loads(path.read_text())
-    runs = [r for r in spec.get("runs", []) if r.get("kind") == "method" and r.get("lab", True)]
+    runs = [r for r in spec.get("runs", []) if r.get("kind") == "method" and lab_seeds(r, spec)]
     if not runs: raise ValueError(f"plan {plan!r} has no method run with a lab head")
     run = next((r for r in runs if r["name"] == "method"), runs[0])
-    d = Path(reports or "reports") / path.stem / f"{run_tag(run['name'], run_seeds(run, spec)[0])}_lab"
+    d = Path(reports or "reports") / path.stem / f"{run_tag(run['name'], lab_seeds(run, spec)[0])}_lab"
     if not (d / "metrics.json").exists():
         raise FileNotFoundError(f"plan {plan!r}: no finished model at {d}; run `ecg-study run --plan {plan}` first")
     return d

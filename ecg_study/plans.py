@@ -26,7 +26,7 @@ STAGES_DIR, PLANS_DIR = resource_dir("stages"), resource_dir("plans")
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'STAGES_DIR', 'PLANS_DIR', 'PLAN_KEYS', 'RUN_KEYS', 'RUN_KINDS', 'RUNNER_SET', 'resource_dir',
-           'PlanError', 'plan_path', 'run_seeds', 'run_tag', 'train_config_types', 'stage_parameters',
+           'PlanError', 'plan_path', 'run_seeds', 'run_tag', 'lab_seeds', 'train_config_types', 'stage_parameters',
            'intervene_claims', 'validate_plan', 'load_plan', 'stage_config']
 
 # %% ../nbs/12a_plans.ipynb #189274d8
@@ -52,6 +52,11 @@ def run_seeds(run: dict, plan: dict) -> list[int]:
 def run_tag(name: str, seed: int) -> str:
     "The prefix of the steps of one seed of a run (`method_s0` → `method_s0_pretrain`, `method_s0_dx`, …)."
     return f"{name}_s{seed}"
+
+def lab_seeds(run: dict, plan: dict) -> list[int]:
+    "The seeds of a method run that get a lab head: `lab = true` (the default) all, `false` none, or a list of them."
+    lab, seeds = run.get("lab", True), run_seeds(run, plan)
+    return seeds if lab is True else [s for s in seeds if lab and s in lab]
 
 # %% ../nbs/12a_plans.ipynb #46ddf159
 _PY = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,),
@@ -83,7 +88,7 @@ def stage_parameters(stage: str | Path) -> dict[str, str]:
 # %% ../nbs/12a_plans.ipynb #c6b0e18e
 PLAN_KEYS = ("name", "description", "parallel", "cohorts", "defaults", "runs", "claims", "explain", "intervene", "realism", "evaluate")
 RUN_KEYS = {"name": "str", "kind": "str", "seeds": "list", "cohort": "str", "model": "str", "pretrain": "bool",   # the keys of a run itself, with their types
-            "encoder_from": "str", "lab": "bool", "about": "str"}
+            "encoder_from": "str", "lab": "bool | list", "about": "str"}
 RUN_KINDS = ("method", "supervised", "joint")   # three stages in sequence; one baseline fit; one fit of all three objectives
 RUNNER_SET = ("cohort", "data_dir", "raw_dir", "run_dir", "plan_dir", "n_threads", "steps", "plan", "models")  # set by the study, not the plan
 
@@ -120,6 +125,8 @@ def _check_runs(spec: dict, cfg_types: dict) -> list[str]:
             out.append(f"{where}: cohort {r.get('cohort', 'synthetic')!r} is not a [cohorts.*] table")
         if r.get("encoder_from") and r["encoder_from"] not in methods:
             out.append(f"{where}: encoder_from = {r['encoder_from']!r} is not a method run")
+        if isinstance(r.get("lab"), list) and not set(r["lab"]) <= set(run_seeds(r, spec)):
+            out.append(f"{where}: lab = {r['lab']} lists seeds the run does not have ({run_seeds(r, spec)})")
         cfg = {k: v for k, v in {**spec.get("defaults", {}), **r}.items() if k in cfg_types}
         try: TrainConfig.from_dict(cfg)       # values the config itself refuses (an unknown regularizer, a pull without weight)
         except (ValueError, TypeError) as e: out.append(f"{where}: {e}")
@@ -154,6 +161,9 @@ def _check_sections(spec: dict) -> list[str]:
             out += _check_keys(f"[{section}]", spec[section], stage_parameters(stage), extra=("runs",))
     for section in ("explain", "intervene"):
         out += [f"[{section}] runs: {n!r} is not a run" for n in spec.get(section, {}).get("runs", []) if n not in runs]
+    by_name = {r.get("name"): r for r in spec.get("runs", [])}
+    out += [f"[explain] runs: {n!r} trains no lab head (its `lab`)" for n in spec.get("explain", {}).get("runs", [])
+            if n in by_name and not lab_seeds(by_name[n], spec)]
     iv = spec.get("intervene", {})
     out += [f"[intervene] claim {c.get('id')}: {c.get(k)!r} is not one of [intervene] runs" for c in intervene_claims(iv)
             for k in ("a", "b") if c.get(k) not in iv.get("runs", [])]

@@ -69,6 +69,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-3
     lr_ssm: float = 1e-3
+    ema_decay: float = 0.0              # supervised fits: validate, select and test an EMA of the weights (decay per step; 0: off)
     crop: int = CROP
     # gradient-boosted trees baseline
     trees_max_iter: int = 30

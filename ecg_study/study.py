@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from .core import get_logger, usable_cores
 from .report import claims_summary, timing_table, write_index
-from .plans import PACKAGE_DIR, RUN_KEYS, STAGES_DIR, load_plan, plan_path, run_seeds, run_tag, stage_parameters
+from .plans import PACKAGE_DIR, RUN_KEYS, STAGES_DIR, lab_seeds, load_plan, plan_path, run_seeds, run_tag, stage_parameters
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
@@ -83,7 +83,7 @@ def _run_steps(run: dict, plan: dict) -> list[Step]:
                 steps.append(Step(pre, "pretrain", {**base, "cfg": c}, data, name))
             dx = f"{tag}_dx"
             steps.append(Step(dx, "finetune_dx", {**base, "cfg": c, "encoder_step": pre}, [pre] if pre else data, name))
-            if run.get("lab", True):
+            if seed in lab_seeds(run, plan):
                 steps.append(Step(f"{tag}_lab", "finetune_lab", {**base, "cfg": c, "encoder_step": dx}, [dx], name))
         elif run["kind"] in ("supervised", "joint"):     # one step: a baseline, or the joint fit of both heads
             steps.append(Step(tag, "baselines" if run["kind"] == "supervised" else "joint", {**base, "cfg": c}, data, name))
@@ -93,11 +93,11 @@ def _run_steps(run: dict, plan: dict) -> list[Step]:
 
 # %% ../nbs/12_study.ipynb #46c9d381
 def _explain_steps(plan: dict) -> list[Step]:
-    "An `explain_eval` step for the first seed of each run named in `[explain] runs`."
+    "An `explain_eval` step for the first seed with a lab head of each run named in `[explain] runs`."
     out, runs = [], {r["name"]: r for r in plan["runs"]}
     for name in plan.get("explain", {}).get("runs", []):
         r = runs[name]
-        seed = run_seeds(r, plan)[0]
+        seed = lab_seeds(r, plan)[0]
         tag = run_tag(name, seed)
         out.append(Step(f"{tag}_explain", "explain_eval", dict(run=name, model=r.get("model", name), cohort=r.get("cohort", "synthetic"),
                         seed=seed, dx_step=f"{tag}_dx", lab_step=f"{tag}_lab"), [f"{tag}_lab"], name))

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 import lightning as L
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -117,16 +117,19 @@ class WarmEarlyStopping(EarlyStopping):
 
 
 # %% ../nbs/10_training.ipynb #75a593fb
-def make_trainer(cfg: TrainConfig, run_dir: Path, monitor: str, mode: str, n_train_batches: int) -> L.Trainer:
-    "Lightning Trainer for one stage: devices/strategy/precision from `cfg`, checkpoints and CSV logs in `run_dir`."
+def make_trainer(cfg: TrainConfig, run_dir: Path, monitor: str, mode: str, n_train_batches: int,
+                 ema_decay: float = 0.0) -> L.Trainer:
+    """Lightning Trainer for one stage: devices/strategy/precision from `cfg`, checkpoints and CSV logs in `run_dir`;
+    with `ema_decay`, validation, checkpoints and so the kept weights are an exponential moving average of the steps."""
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{epoch}", monitor=monitor, mode=mode, save_top_k=1)
     # every epoch's end state, for resuming (Lightning's save_last writes only when the best improves)
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
     stop = [WarmEarlyStopping(monitor, patience=cfg.patience, mode=mode, min_epochs=cfg.min_epochs)] if cfg.patience > 0 else []
+    ema = [EMAWeightAveraging(decay=ema_decay)] if ema_decay else []
     return L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
                      precision=resolve_precision(cfg), max_epochs=cfg.epochs, max_time=cfg.max_time,
                      deterministic="warn" if cfg.deterministic else None, logger=CSVLogger(run_dir, name="logs"),
-                     callbacks=[best, last, EpochSync(), RandomState(), *stop], enable_progress_bar=cfg.enable_progress_bar,
+                     callbacks=[best, last, EpochSync(), RandomState(), *stop, *ema], enable_progress_bar=cfg.enable_progress_bar,
                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir,
                      log_every_n_steps=max(1, min(50, n_train_batches)), limit_train_batches=cfg.limit_train_batches)
 
@@ -141,10 +144,10 @@ def run_fingerprint(module: L.LightningModule, cfg: TrainConfig, data: dict | No
     for k, v in module.state_dict().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
-def _fit(module: StageModule, dm: PreparedDataModule, cfg: TrainConfig, run_dir: Path) -> L.Trainer:
+def _fit(module: StageModule, dm: PreparedDataModule, cfg: TrainConfig, run_dir: Path, ema_decay: float = 0.0) -> L.Trainer:
     "Fit `module` on `dm` (selecting on its `monitor`), resuming from `checkpoints/last.ckpt` when `cfg.resume` and it belongs to the same run."
     dm.setup()
-    trainer = make_trainer(cfg, run_dir, module.monitor, module.mode, len(dm.train_dataloader()))
+    trainer = make_trainer(cfg, run_dir, module.monitor, module.mode, len(dm.train_dataloader()), ema_decay)
     last, stamp = run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "fingerprint.txt"
     fp = run_fingerprint(module, cfg, dm.checksums)
     if last.exists() and stamp.exists() and stamp.read_text() != fp:
@@ -318,7 +321,7 @@ def _supervised(build, dm: PreparedDataModule, run_dir, cfg: TrainConfig, stage:
     run_dir, t0 = open_run(run_dir, cfg, dm)
     module = build(dm)
     with _quiet():
-        trainer = _fit(module, dm, cfg, run_dir)
+        trainer = _fit(module, dm, cfg, run_dir, cfg.ema_decay)   # pre-training selects on its smoother loss: no EMA
         best = _load_best(module, trainer)
         test = _test_metrics(module, dm, run_dir, cfg)
     labels = dm.labels

@@ -15,9 +15,9 @@ from .ecg import ECG_EFFECTS, TERRITORIES
 __all__ = ['CONDITIONS', 'COND_BY_NAME', 'CONDITION_NAMES', 'EXCLUSIVE', 'CODING', 'ICD_CODES', 'COMBINATION_CODES',
            'EXTRA_CODES', 'NOISE_CODES', 'SYMPTOM_CODES', 'ICD_TITLES', 'LAB_MODEL', 'LAB_EFFECTS', 'DERIVED_LABS',
            'RACES', 'YEAR_GROUPS', 'CHRONIC', 'ACUTE', 'COMPLAINTS', 'COMPLAINT_SYMPTOM', 'COMPLAINT_RULES',
-           'SPURIOUS_RATE', 'Condition', 'sample_condition', 'apply_exclusions', 'LabEffect', 'within_limits',
-           'true_labs', 'sample_patients', 'sample_stays', 'sample_vitals', 'ecg_state', 'sample_ecgs', 'stay_codes',
-           'ed_codes']
+           'SPURIOUS_RATE', 'FALSE_CODING', 'Condition', 'sample_condition', 'apply_exclusions', 'LabEffect',
+           'within_limits', 'true_labs', 'sample_patients', 'sample_stays', 'sample_vitals', 'ecg_state', 'sample_ecgs',
+           'stay_codes', 'ed_codes']
 
 # %% ../../nbs/01a_synth_clinical.ipynb #b55f561c
 @dataclass(frozen=True)
@@ -333,9 +333,11 @@ def sample_ecgs(stays: pd.DataFrame, patients: pd.DataFrame, rng: np.random.Gene
     return ecgs.sort_values(["subject_id", "ecg_time"], kind="stable").reset_index(drop=True)
 
 # %% ../../nbs/01a_synth_clinical.ipynb #2241d8fc
-# stays without a condition that carry its code anyway: 1 − specificity (99.6 %), at the high end of what validation
-# studies report (Fleet et al. 2012: > 99 %; Yao et al. 2019, AF: 98 %; McCormick et al. 2014, heart failure: 96.8 %)
+# stays without a condition that carry its code anyway: 1 − published specificity where `data/coding.csv` gives one
+# (`p_false`: AF 98 %, Yao et al. 2019; heart failure 96.8 %, McCormick et al. 2014), else 0.4 % (99.6 %), inside
+# "> 99 %" (Fleet et al. 2012, hyperkalaemia), the only other published figure
 SPURIOUS_RATE = .004
+FALSE_CODING = {r["condition"]: float(r["p_false"]) if r["p_false"] else SPURIOUS_RATE for r in read_table("coding")}
 
 def _pick(opts, rng) -> tuple:
     w = np.array([o[2] for o in opts], float)
@@ -348,7 +350,7 @@ def stay_codes(states: dict, rng) -> list[tuple[str, str, str]]:
     for name in ACUTE + CHRONIC:
         p_code, opts = ICD_CODES[name]
         present = bool(states[name])
-        if rng.random() >= (p_code if present else SPURIOUS_RATE): continue
+        if rng.random() >= (p_code if present else FALSE_CODING[name]): continue
         code = _pick(opts, rng)
         for (cond, other), combo in COMBINATION_CODES.items():
             if cond == name and present and states[other]: code = combo; break
