@@ -19,7 +19,7 @@ from .text import REPORT_COLUMNS, join_statements
 from .raw_tables import (connect_raw, find_table, lab_stem_sql, named_csv_errors, quality_counts, raw_fingerprint, register_table,
                                   source_paths)
 from .core import (ETHNICITIES, LABS, STATS, VITALS, N_SAMPLES, STUDY_LEADS, TAB_PREFIXES,
-                            atomic_write, gem_table, get_logger, lab_stem)
+                            atomic_write, code_hash, gem_table, get_logger, lab_stem)
 
 log = get_logger("ecg_study.cohort")
 
@@ -477,7 +477,7 @@ def prepare(source: str, raw: Path, out: Path, ecg: Path | None = None, min_labe
     mpath = out / "manifest.json"
     if mpath.exists() and (out / "cohort.parquet").exists() and (out / "signals.npy").exists():
         old = json.loads(mpath.read_text())
-        if old.get("parameters") == params and old.get("version") == package_version():
+        if old.get("parameters") == params and old.get("code") == code_hash():   # same inputs, same library
             log.info("prepared dataset %s is current; nothing to do", out)
             if export_mds_ed is not None: _export(out, export_mds_ed)
             return old
@@ -508,7 +508,7 @@ def _build(source, raw, ecg, out: Path, params: dict, min_label_count, seed, n_j
     shutil.rmtree(out / ".work", ignore_errors=True)
     counts["samples"] = len(cohort); counts["patients"] = int(cohort["subject_id"].nunique())
     diag, lab = label_columns(cohort, "diagnoses"), label_columns(cohort, "lababn")
-    manifest = {"source": source, "parameters": params, "version": package_version(), "counts": counts,
+    manifest = {"source": source, "parameters": params, "version": package_version(), "code": code_hash(), "counts": counts,
                 "skipped": extra.pop("skipped"), "flagged": extra.pop("flagged"), "record_issues": ISSUES_FILE, **extra,
                 "folds": {str(k): int(v) for k, v in cohort["fold"].value_counts().sort_index().items()},
                 "labels": {"diagnoses": _prevalences(cohort, diag), "lababn": _prevalences(cohort, lab)},

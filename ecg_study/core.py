@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ['MIMIC_LEADS', 'STUDY_LEADS', 'RAW_FS', 'RAW_SAMPLES', 'FS', 'N_SAMPLES', 'CROP', 'CLIP_MV', 'STATS', 'VITALS',
            'ETHNICITIES', 'BIOMETRICS', 'TAB_PREFIXES', 'LABS', 'LAB_BY_STEM', 'SAMPLES_ENV', 'LAB_LIMITS', 'Lab',
            'lab_stem', 'sample_path', 'seed_everything', 'get_logger', 'usable_cores', 'read_table', 'as_number',
-           'record_path', 'gem_table', 'atomic_write']
+           'record_path', 'gem_table', 'atomic_write', 'code_hash']
 
 # %% ../nbs/00_core.ipynb #e85e2d05
 MIMIC_LEADS = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -158,3 +158,13 @@ def atomic_write(path, write, fsync: bool = False) -> Path:
         finally: os.close(fd)
     os.replace(tmp, path)
     return path
+
+# %% ../nbs/00_core.ipynb #c0de4a51
+def code_hash(package: Path | None = None) -> str:
+    "Hash of the library source and its data tables (`ecg_study/**/*.py`, `ecg_study/data/*`): what built a cached artefact."
+    import hashlib
+    package, h = Path(str(package or files("ecg_study"))), hashlib.sha256()
+    for p in sorted(package.rglob("*.py")) + sorted((package / "data").glob("*")):
+        if p.name != "_modidx.py": h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+

@@ -8,7 +8,7 @@ import hashlib, json, os, re, shutil, tempfile, time, uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from .core import get_logger, usable_cores
+from .core import code_hash, get_logger, usable_cores
 from .report import claims_summary, timing_table, write_index
 from .plans import PACKAGE_DIR, RUN_KEYS, STAGES_DIR, lab_seeds, load_plan, plan_path, run_seeds, run_tag, stage_parameters
 from jupyter_client.manager import AsyncKernelManager
@@ -17,10 +17,10 @@ from traitlets import default
 log = get_logger("ecg_study.study")
 
 # %% auto #0
-__all__ = ['log', 'HEAD_STAGES', 'CREDENTIALED', 'Step', 'code_hash', 'step_key', 'expand_plan', 'PrivacyError',
-           'cell_output_text', 'privacy_check', 'withhold_errors', 'cohort_identifiers', 'StepResult', 'render_html',
-           'step_paths', 'IPCKernelManager', 'stage_params', 'execute_step', 'read_stamp', 'is_current', 'select_steps',
-           'schedule', 'run_plan', 'write_metrics', 'stage_runs']
+__all__ = ['log', 'HEAD_STAGES', 'CREDENTIALED', 'Step', 'step_key', 'expand_plan', 'PrivacyError', 'cell_output_text',
+           'privacy_check', 'withhold_errors', 'cohort_identifiers', 'StepResult', 'render_html', 'step_paths',
+           'IPCKernelManager', 'stage_params', 'execute_step', 'read_stamp', 'is_current', 'select_steps', 'schedule',
+           'run_plan', 'write_metrics', 'stage_runs']
 
 # %% ../nbs/12_study.ipynb #55383117
 @dataclass
@@ -37,11 +37,6 @@ def _sha(*parts) -> str:
     h = hashlib.sha256()
     for p in parts: h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
-
-def code_hash(package: Path = PACKAGE_DIR) -> str:
-    "Hash of the library source and its data tables (`ecg_study/**/*.py`, `ecg_study/data/*`): a change invalidates cached steps."
-    files = sorted(package.rglob("*.py")) + sorted((package / "data").glob("*"))
-    return _sha(*[p.read_bytes() for p in files if p.name != "_modidx.py"])
 
 def _source_key(params: dict) -> str | None:
     "What a `prepare` step reads from outside the study: `raw_tables.raw_fingerprint` of its raw source (None: simulated here)."

@@ -273,6 +273,11 @@ def test_manifest_and_rerun_noop(prepared):
     (out / "manifest.json").unlink()          # an interrupted run leaves no manifest: the rerun rebuilds the same dataset
     m3 = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
     assert m3["checksums"] == m["checksums"]
+    # a dataset another build of the library prepared is prepared again, not reused
+    (out / "manifest.json").write_text(json.dumps({**m3, "code": "an older library"}))
+    mt = (out / "cohort.parquet").stat().st_mtime_ns
+    m4 = prepare("synthetic", raw, out, min_label_count=2, min_lab_pos=0, n_jobs=1, progress=False)
+    assert m4["code"] == m3["code"] and (out / "cohort.parquet").stat().st_mtime_ns != mt
 
 def test_machine_reports(prepared):
     raw, out, m, cohort, sig = prepared

@@ -8,7 +8,7 @@ import json, os, shutil, tempfile
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from ..core import get_logger, record_path
+from ..core import code_hash, get_logger, record_path
 from .clinical import CONDITION_NAMES, sample_ecgs, sample_patients, sample_stays, sample_vitals, true_labs
 from .ecg import ecg_params
 from .tables import (_diagnosis_tables, _dt, _labevents_table, admissions_table, d_labitems_table,
@@ -18,11 +18,10 @@ from .records import FAULT_KINDS, _ecg_tasks, _stay_states, run_records
 from .truth import _write_truth
 
 # %% auto #0
-__all__ = ['SYNTH_MARKER', 'SYNTH_VERSION', 'synthesize']
+__all__ = ['SYNTH_MARKER', 'synthesize', 'ensure_synthetic']
 
 # %% ../../nbs/01g_synth_cohort.ipynb #e6494ae9
 SYNTH_MARKER = ".ecg_study_synth"
-SYNTH_VERSION = 1
 
 def _check_target(out: Path) -> None:
     if out.exists() and not out.is_dir(): raise FileExistsError(f"{out}: exists and is not a directory")
@@ -59,7 +58,7 @@ def _synthesize_into(root: Path, n_patients, seed, coupling, faulty_rate, n_jobs
     summary = dict(patients=len(patients), stays=len(stays), admissions=len(admissions), ecgs=len(ecgs),
                    ecgs_in_window=int(ecgs["in_window"].sum()), ecgs_without_stay=int((ecgs["stay_idx"] < 0).sum()),
                    labevents=len(labevents), faulty={k: int((kinds == k).sum()) for k in FAULT_KINDS})
-    params = dict(version=SYNTH_VERSION, n_patients=n_patients, seed=seed, coupling=coupling, faulty_rate=faulty_rate, summary=summary)
+    params = dict(code=code_hash(), n_patients=n_patients, seed=seed, coupling=coupling, faulty_rate=faulty_rate, summary=summary)
     _write_truth(root, stays, ecgs, tasks, results, params)
     (root / SYNTH_MARKER).write_text(json.dumps(params, indent=1) + "\n")
     return summary
@@ -84,3 +83,14 @@ def synthesize(out: str | Path, n_patients: int = 1000, seed: int = 0, coupling:
         shutil.rmtree(tmp, ignore_errors=True); raise
     get_logger("ecg_study.synth").info(f"synthetic cohort in {out}: {summary}")
     return summary
+
+# %% ../../nbs/01g_synth_cohort.ipynb #e75a0002
+def ensure_synthetic(out: str | Path, n_patients: int = 1000, seed: int = 0, coupling: float = 1.0, faulty_rate: float = 0.01,
+                     n_jobs: int = 1, progress: bool = True) -> dict | None:
+    "`synthesize` into `out` unless it holds a cohort of these parameters made by this library; the counts, or None if kept."
+    want = dict(code=code_hash(), n_patients=n_patients, seed=seed, coupling=coupling, faulty_rate=faulty_rate)
+    p = Path(out) / "truth" / "params.json"
+    have = json.loads(p.read_text()) if p.exists() else {}
+    if {k: have.get(k) for k in want} == want: return None
+    return synthesize(out, n_patients=n_patients, seed=seed, coupling=coupling, faulty_rate=faulty_rate, n_jobs=n_jobs, progress=progress)
+
