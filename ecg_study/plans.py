@@ -155,15 +155,14 @@ def _check_claims(spec: dict) -> list[str]:
     return out
 
 def _check_sections(spec: dict) -> list[str]:
-    out, runs = [], {r.get("name") for r in spec.get("runs", [])}
+    out, runs = [], {r.get("name"): r for r in spec.get("runs", [])}
     for section, stage in (("realism", "realism"), ("intervene", "intervene"), ("evaluate", "evaluate")):
         if section in spec:
             out += _check_keys(f"[{section}]", spec[section], stage_parameters(stage), extra=("runs",))
     for section in ("explain", "intervene"):
         out += [f"[{section}] runs: {n!r} is not a run" for n in spec.get(section, {}).get("runs", []) if n not in runs]
-    by_name = {r.get("name"): r for r in spec.get("runs", [])}
     out += [f"[explain] runs: {n!r} trains no lab head (its `lab`)" for n in spec.get("explain", {}).get("runs", [])
-            if n in by_name and not lab_seeds(by_name[n], spec)]
+            if n in runs and not lab_seeds(runs[n], spec)]
     iv = spec.get("intervene", {})
     out += [f"[intervene] claim {c.get('id')}: {c.get(k)!r} is not one of [intervene] runs" for c in intervene_claims(iv)
             for k in ("a", "b") if c.get(k) not in iv.get("runs", [])]
