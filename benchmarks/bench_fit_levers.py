@@ -5,8 +5,9 @@ Usage:
   MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 \
   .venv/bin/python benchmarks/bench_fit_levers.py [--rounds 3] [--steps 20] [--train 1856] [--val 205] [--json out.json]
 
-The `quick` plan's model (`S4Encoder(12, 64, 2, d_state 8, dropout 0.1)` + Linear head → 116 labels, BCE, AdamW over
-`ssm_parameter_groups`), one torch thread (as `make study` runs each step), random (B, 250, 12) crops:
+The `quick` plan's diagnosis model, built as the study builds it (`stage_modules.DiagnosisModule` of the plan's
+`[defaults]`: S4 2 × 64, d_state 8, its head, masked BCE, its AdamW groups; `freeze_depth` frozen by
+`models.freeze_encoder`), 116 labels, one torch thread (as `make study` runs each step), random (B, 250, 12) crops:
 - training samples/s for batch 32, 64, 128 and 256, with the input projection and first S4 layer frozen (the method's
   diagnosis fit) and with nothing frozen (ECG-only), best of `--rounds` × `--steps` steps after 3 warm-up steps;
 - a torch profile of that step at batch 64, nothing frozen: the shares of the 1 × 1 convolutions, the FFTs and the rest;
@@ -21,21 +22,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ecg_study.s4 import S4Encoder, ssm_parameter_groups  # noqa: E402
+from ecg_study.plans import load_plan  # noqa: E402
+from ecg_study.run_config import TrainConfig  # noqa: E402
+from ecg_study.stage_modules import DiagnosisModule  # noqa: E402
 
 L, C, K = 250, 12, 116
+CFG = TrainConfig.from_dict({k: v for k, v in load_plan("quick")["defaults"].items() if k != "seeds"})
 
 
 def model(freeze: int):
+    "A fresh diagnosis module of the plan's sizes, first `freeze` S4 layers (and the input projection) frozen."
     torch.manual_seed(0)
-    enc, head = S4Encoder(C, 64, 2, 8, 0.1), torch.nn.Linear(64, K)
-    frozen = [enc.input_proj, *enc.blocks[:freeze]]
-    for m in frozen:
-        m.eval()
-        for p in m.parameters(): p.requires_grad_(False)
-    net = torch.nn.Sequential(enc, head)
-    opt = torch.optim.AdamW(ssm_parameter_groups(net, 5e-3, 1e-3, 2e-3), lr=5e-3)
-    return net, opt
+    module = DiagnosisModule.build(CFG, K, None, freeze)
+    return module, module.configure_optimizers()
 
 
 def best_rate(fn, n_items: int, rounds: int, steps: int) -> float:
@@ -49,12 +48,18 @@ def best_rate(fn, n_items: int, rounds: int, steps: int) -> float:
     return n_items / best
 
 
-def train_step(net, opt, x, y):
+def train_step(module, opt, batch):
+    "One optimiser step on `batch`, through the module's own loss."
     def step():
         opt.zero_grad()
-        torch.nn.functional.binary_cross_entropy_with_logits(net(x), y).backward()
+        module.losses(batch)["loss"].backward()
         opt.step()
     return step
+
+
+def batch_of(n: int, g: torch.Generator) -> dict:
+    y = (torch.rand(n, K, generator=g) < .1).float()
+    return {"x": torch.randn(n, L, C, generator=g), "y": y, "y_mask": torch.ones_like(y, dtype=torch.bool)}
 
 
 def main():
@@ -71,16 +76,13 @@ def main():
     g = torch.Generator().manual_seed(0)
     for freeze in (1, 0):
         for bs in (32, 64, 128, 256):
-            net, opt = model(freeze)
-            x, y = torch.randn(bs, L, C, generator=g), (torch.rand(bs, K, generator=g) < .1).float()
-            r = best_rate(train_step(net, opt, x, y), bs, a.rounds, a.steps)
+            r = best_rate(train_step(*model(freeze), batch_of(bs, g)), bs, a.rounds, a.steps)
             out["train_samples_per_s"][f"freeze{freeze}_bs{bs}"] = round(r, 1)
             print(f"train freeze_depth {freeze} batch {bs:3d}: {r:7.1f} samples/s", flush=True)
-    net, opt = model(0)
-    x, y = torch.randn(64, L, C, generator=g), (torch.rand(64, K, generator=g) < .1).float()
-    eager = best_rate(train_step(net, opt, x, y), 64, a.rounds, a.steps)
+    batch = batch_of(64, g)
+    step = train_step(*model(0), batch)
+    eager = best_rate(step, 64, a.rounds, a.steps)
     from torch.profiler import ProfilerActivity, profile
-    step = train_step(net, opt, x, y)
     with profile(activities=[ProfilerActivity.CPU]) as prof: [step() for _ in range(10)]
     ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     total = sum(ops.values())
@@ -88,17 +90,18 @@ def main():
     out["profile_share"] = {"conv_1x1": share(lambda k: "convolution" in k), "fft": share(lambda k: "_fft_" in k)}
     out["profile_share"]["rest"] = round(1 - sum(out["profile_share"].values()), 3)
     print("profile of a step (self CPU time):", out["profile_share"])
-    net_c, opt_c = model(0)
-    compiled = torch.compile(net_c, dynamic=False)
-    t = time.perf_counter(); train_step(compiled, opt_c, x, y)(); compile_s = time.perf_counter() - t
-    comp = best_rate(train_step(compiled, opt_c, x, y), 64, a.rounds, a.steps)
+    compiled, opt_c = model(0)
+    compiled.ecg = torch.compile(compiled.ecg, dynamic=False)    # the encoder is the whole cost; the head is one Linear
+    step_c = train_step(compiled, opt_c, batch)
+    t = time.perf_counter(); step_c(); compile_s = time.perf_counter() - t
+    comp = best_rate(step_c, 64, a.rounds, a.steps)
     out |= {"compile_seconds": round(compile_s, 1), "eager_samples_per_s": round(eager, 1),
             "compiled_samples_per_s": round(comp, 1), "compiled_over_eager": round(comp / eager, 3)}
     print(f"torch.compile: {comp:.1f} against eager {eager:.1f} samples/s (× {comp / eager:.2f}); compile {compile_s:.0f} s")
-    net, _ = model(0); net.eval()
+    module, _ = model(0); module.eval()
     xw = torch.randn(4 * 64, L, C, generator=g)
     with torch.inference_mode():
-        ev = best_rate(lambda: net(xw), 4 * 64, a.rounds, max(3, a.steps // 4))
+        ev = best_rate(lambda: module.logits(xw, None), 4 * 64, a.rounds, max(3, a.steps // 4))
     for freeze in (1, 0):
         tr = out["train_samples_per_s"][f"freeze{freeze}_bs64"]
         val_s, train_s = 4 * a.val / ev, a.train / tr

@@ -2,10 +2,11 @@
 
 Usage (after a `make study`, whose stored test predictions it reads; it trains nothing):
   .venv/bin/python benchmarks/bench_seed_subsets.py [--plan-dir reports/quick] [--claims C1 C4 C5]
-      [--target C1=0.01 --target C4=0.04 --target C5=0.04] [--min-seeds 3] [--n-boot 400] [--json out.json]
+      [--seeds-from PLAN.toml] [--target C1=0.01 --target C4=0.04 --target C5=0.04] [--min-seeds 3] [--n-boot 400]
+      [--json out.json]
 
-What it does: loads the diagnosis test predictions of the runs the claims read (every seed the plan dir holds for
-the plan's seed list), draws the patient-clustered resamples once, and scores each claim as the evaluate stage does
+What it does: loads the diagnosis test predictions of the runs the claims read (the seeds each run has in
+`--seeds-from`, by default the plan dir's copy `plan.toml` of the plan that wrote them), draws the patient-clustered resamples once, and scores each claim as the evaluate stage does
 (`ecg_study.claims.evaluate_claim`: bootstrap over patients plus the seeds' spread, t with Satterthwaite's df) on
 every combination of n of its shared seeds, n from `--min-seeds` to all. Prints per claim and n the number of
 subsets, the median, 10th and 90th percentile and maximum MDE, the share of subsets above the target, and the
@@ -22,13 +23,13 @@ sys.path.insert(0, str(ROOT))
 from ecg_study import truth  # noqa: E402
 from ecg_study.claims import Claim, ClaimEvaluator, Predictions, evaluate_claim  # noqa: E402
 from ecg_study.datasets import load_prepared  # noqa: E402
-from ecg_study.plans import load_plan  # noqa: E402
+from ecg_study.plans import load_plan, run_seeds  # noqa: E402
 from ecg_study.run_config import load_predictions  # noqa: E402
 from ecg_study.study import stage_runs  # noqa: E402
 
 
-def load(plan_dir: Path, claims: list[Claim], seeds_of: dict) -> dict:
-    "(cohort, model) → Predictions over the plan's seeds of that run, for the runs the claims read."
+def load(plan_dir: Path, claims: list[Claim], seeds_of: dict) -> tuple[dict, dict]:
+    "(cohort, model) → Predictions over the plan's seeds of that run, for the runs the claims read; the visibility classes."
     runs = pd.DataFrame(stage_runs(plan_dir, ("finetune_dx", "baselines")))
     prep = {m["cohort"]: m for m in stage_runs(plan_dir, ("prepare",))}
     out = {}
@@ -48,6 +49,7 @@ def main():
     ap.add_argument("--plan", default="quick")
     ap.add_argument("--plan-dir", type=Path, default=ROOT / "reports" / "quick")
     ap.add_argument("--claims", nargs="+", default=["C1", "C4", "C5"])
+    ap.add_argument("--seeds-from", type=Path, help="plan TOML whose seed lists to read (default: PLAN_DIR/plan.toml)")
     ap.add_argument("--target", action="append", default=["C1=0.01", "C4=0.04", "C5=0.04"])
     ap.add_argument("--min-seeds", type=int, default=3)
     ap.add_argument("--n-boot", type=int, default=400)
@@ -56,13 +58,10 @@ def main():
     spec = load_plan(a.plan)
     targets = dict(t.split("=") for t in a.target)
     claims = [Claim.from_dict(d) for d in spec["claims"] if d["id"] in a.claims]
-    # the seeds of each run as the plan dir's own plan.toml lists them (the run that wrote the predictions)
-    copy = a.plan_dir / "plan.toml"
+    # the seeds of each run as the plan that wrote the predictions lists them (its copy in the plan dir)
+    copy = a.seeds_from or a.plan_dir / "plan.toml"
     stored = tomllib.loads(copy.read_text()) if copy.exists() else spec
-    seeds_of = {}
-    for r in stored["runs"]:
-        cohort = r.get("cohort", "synthetic")
-        seeds_of[cohort, r.get("model", r["name"])] = r.get("seeds", stored["defaults"]["seeds"])
+    seeds_of = {(r.get("cohort", "synthetic"), r.get("model", r["name"])): run_seeds(r, stored) for r in stored["runs"]}
     preds, vis = load(a.plan_dir, claims, seeds_of)
     ev = ClaimEvaluator(preds, truth.label_visibility(next(iter(preds.values())).labels, vis), None, a.n_boot, 0)
     ev.prefetch(2)
@@ -72,10 +71,10 @@ def main():
         for n in range(a.min_seeds, len(shared) + 1):
             res = []
             for s in itertools.combinations(shared, n):
-                sub = ClaimEvaluator({k: Predictions(p.labels, p.y, {x: p.scores[x] for x in s}, p.groups, p.study_ids)
-                                      for k, p in preds.items() if k in c.models()}, ev.visibility, None, a.n_boot, 0)
-                sub._W, sub._auc = ev._W, {k: v for k, v in ev._auc.items() if k[1] in s}   # same resamples, no recompute
-                res.append(evaluate_claim(c, sub))
+                # the claim reads the seeds its runs share: narrow them; the evaluator keeps its resamples and AUROCs
+                ev.preds = {k: Predictions(p.labels, p.y, {x: p.scores[x] for x in s if x in p.scores}, p.groups, p.study_ids)
+                            for k, p in preds.items()}
+                res.append(evaluate_claim(c, ev))
             m, e = np.array([r["mde"] for r in res]), np.array([r["estimate"] for r in res])
             rows.append(dict(claim=c.id, n_seeds=n, subsets=len(res), mde_median=np.median(m), mde_q10=np.quantile(m, .1),
                              mde_q90=np.quantile(m, .9), mde_max=m.max(), share_above_target=float((m > float(targets[c.id])).mean()),
