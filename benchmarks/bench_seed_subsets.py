@@ -21,10 +21,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ecg_study import truth  # noqa: E402
-from ecg_study.claims import Claim, ClaimEvaluator, Predictions, evaluate_claim  # noqa: E402
+from ecg_study.claims import Claim, ClaimEvaluator, Predictions, evaluate_claim, seed_predictions  # noqa: E402
 from ecg_study.datasets import load_prepared  # noqa: E402
 from ecg_study.plans import load_plan, run_seeds  # noqa: E402
-from ecg_study.run_config import load_predictions  # noqa: E402
 from ecg_study.study import stage_runs  # noqa: E402
 
 
@@ -35,11 +34,8 @@ def load(plan_dir: Path, claims: list[Claim], seeds_of: dict) -> tuple[dict, dic
     out = {}
     for cohort, model in {k for c in claims for k in c.models()}:
         g = runs[(runs.cohort == cohort) & (runs.model == model) & runs.seed.isin(seeds_of[cohort, model])]
-        preds = {int(s): load_predictions(d, "test") for s, d in zip(g.seed, g.dir)}
-        ref = next(iter(preds.values()))
         patients = load_prepared(prep[cohort]["data_dir"]).cohort["subject_id"].to_numpy()
-        out[cohort, model] = Predictions(ref["labels"], ref["y_true"], {s: p["y_score"] for s, p in preds.items()},
-                                         patients[ref["rows"]], ref["study_ids"])
+        out[cohort, model] = seed_predictions([(s, d, "test") for s, d in zip(g.seed, g.dir)], patients, f"{cohort}/{model}")
     vis = json.loads((truth.truth_dir(prep["synthetic"]["data_dir"]) / "ecg_visibility.json").read_text())
     return out, vis
 

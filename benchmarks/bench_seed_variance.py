@@ -23,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ecg_study.claims import Claim, ClaimEvaluator, Predictions, evaluate_claim  # noqa: E402
+from ecg_study.claims import Claim, ClaimEvaluator, evaluate_claim, seed_predictions  # noqa: E402
 from ecg_study.datasets import load_prepared  # noqa: E402
 from ecg_study.plans import load_plan, stage_config  # noqa: E402
 from ecg_study.run_config import load_predictions  # noqa: E402
@@ -52,10 +52,7 @@ def c1(dirs: dict, patients: np.ndarray, n_boot: int) -> dict:
     "Claim C1 on {(model, seed): run_dir}, as the evaluate stage scores it."
     preds = {}
     for model in ("method", "ecg_only"):
-        ps = {s: load_predictions(d) for (m, s), d in dirs.items() if m == model}
-        ref = next(iter(ps.values()))
-        preds["synthetic", model] = Predictions(ref["labels"], ref["y_true"], {s: p["y_score"] for s, p in ps.items()},
-                                                patients[ref["rows"]], ref["study_ids"])
+        preds["synthetic", model] = seed_predictions([(s, d, "test") for (m, s), d in dirs.items() if m == model], patients, model)
     row = evaluate_claim(C1, ClaimEvaluator(preds, n_boot=n_boot))
     keep = ("estimate", "ci_low", "ci_high", "mde", "se_seeds", "se_patients", "p_value", "n_seeds",
             "macro_synthetic/method", "macro_synthetic/ecg_only")

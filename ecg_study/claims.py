@@ -13,7 +13,7 @@ Z95, Z80 = 1.959964, 0.841621    # two-sided 5 % test, 80 % power
 
 # %% auto #0
 __all__ = ['Z95', 'Z80', 'KINDS', 'SUBSETS', 'Claim', 'verdict', 'mde', 'column_groups', 'distinct_columns', 'subset_mask',
-           'Predictions', 'summarise', 'ClaimEvaluator', 'evaluate_claim']
+           'Predictions', 'seed_predictions', 'summarise', 'ClaimEvaluator', 'evaluate_claim']
 
 # %% ../nbs/18_claims.ipynb #37b606ad
 KINDS = ("level", "difference", "share", "contrast")
@@ -105,6 +105,18 @@ class Predictions:
     scores: dict
     groups: np.ndarray
     study_ids: np.ndarray
+
+def seed_predictions(runs: list[tuple], patients: np.ndarray, name: str = "") -> Predictions:
+    """One model's Predictions from its runs [(seed, run_dir, split)]; `patients` is the prepared cohort's subject_id
+    per row. Every seed must have scored the same records on the same labels, or the seeds are not paired."""
+    from ecg_study.run_config import load_predictions
+    preds = {int(s): load_predictions(d, sp) for s, d, sp in runs}
+    if len(preds) < len(runs): raise ValueError(f"{name}: two runs share a seed")
+    ref = next(iter(preds.values()))
+    for p in preds.values():
+        if not (np.array_equal(p["study_ids"], ref["study_ids"]) and p["labels"] == ref["labels"]):
+            raise ValueError(f"{name}: the seeds' predictions cover different records or labels")
+    return Predictions(ref["labels"], ref["y_true"], {s: p["y_score"] for s, p in preds.items()}, patients[ref["rows"]], ref["study_ids"])
 
 def summarise(estimate: float, boots: np.ndarray, per_seed: list[float], null: float = 0.0, direction: str = ">") -> dict:
     """Estimate, standard errors (patients, seeds, total), 95 % interval, MDE and verdict. The seed variance is

@@ -345,7 +345,12 @@ def test_truth_files(cohort):
     dx = pd.concat([_csv(root, "hosp/diagnoses_icd.csv.gz"), _csv(root, "ed/diagnosis.csv.gz")])
     assert set(dx[dx.icd_version == 10].icd_code) <= set(vis)
     stays = _csv(root, "truth/stays.csv")
-    assert list(stays.columns) == ["stay_id", "subject_id", "hadm_id"] + clinical.CONDITION_NAMES
+    assert list(stays.columns) == ["stay_id", "subject_id", "hadm_id", "icd9", "chiefcomplaint"] + clinical.CONDITION_NAMES
+    # the coding context the oracle reads is the one the tables were written with
+    ed = _csv(root, "ed/diagnosis.csv.gz").groupby("stay_id").icd_version.first()
+    assert (stays.set_index("stay_id").icd9.reindex(ed.index) == (ed == 9)).all()
+    tri = _csv(root, "ed/triage.csv.gz").set_index("stay_id").chiefcomplaint
+    assert (stays.set_index("stay_id").chiefcomplaint.reindex(tri.index).fillna("") == tri.fillna("")).all()
 
 
 def test_coupling_zero_cohort(tmp_path):

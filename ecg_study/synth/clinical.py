@@ -15,9 +15,10 @@ from .ecg import ECG_EFFECTS, TERRITORIES
 __all__ = ['CONDITIONS', 'COND_BY_NAME', 'CONDITION_NAMES', 'EXCLUSIVE', 'CODING', 'ICD_CODES', 'COMBINATION_CODES',
            'EXTRA_CODES', 'NOISE_CODES', 'SYMPTOM_CODES', 'ICD_TITLES', 'LAB_MODEL', 'LAB_EFFECTS', 'DERIVED_LABS',
            'RACES', 'YEAR_GROUPS', 'CHRONIC', 'ACUTE', 'COMPLAINTS', 'COMPLAINT_SYMPTOM', 'COMPLAINT_RULES',
-           'SPURIOUS_RATE', 'FALSE_CODING', 'Condition', 'sample_condition', 'apply_exclusions', 'LabEffect',
-           'within_limits', 'true_labs', 'sample_patients', 'sample_stays', 'sample_vitals', 'ecg_state', 'sample_ecgs',
-           'stay_codes', 'ed_codes']
+           'SPURIOUS_RATE', 'FALSE_CODING', 'ED_ACUTE_FIRST', 'ED_SYMPTOM_TOO', 'ED_CHRONIC', 'Condition',
+           'sample_condition', 'apply_exclusions', 'LabEffect', 'within_limits', 'true_labs', 'sample_patients',
+           'sample_stays', 'sample_vitals', 'ecg_state', 'sample_ecgs', 'coding_options', 'stay_codes', 'symptom_code',
+           'ed_codes', 'coding_codes', 'code_probabilities']
 
 # %% ../../nbs/01a_synth_clinical.ipynb #b55f561c
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ CONDITIONS = [
     Condition("hyperkalaemia", "stay", .008, parents={"ckd": 1.9, "aki": 1.8, "diabetes": .3}),
     Condition("hypokalaemia", "stay", .04, female=.3, parents={"heart_failure": .6, "hypertension": .3}),
     Condition("hypocalcaemia", "stay", .012, parents={"ckd": 1.3, "sepsis": 1.0, "aki": .5}),
+    # ≈ 2.5 % of stays: ED prevalence among tested patients is 0.7 % (Lindner et al., Am J Emerg Med 2013;31:657-60) to
+    # 7.5 % (Lee et al., Am J Med Sci 2006;331:119-23), 2.7 % in Ravioli et al. (Swiss Med Wkly 2023;153:40069) and 3 % of
+    # the MIMIC-IV demo's admissions; renal failure is a third of the causes (Lee), women carry primary hyperparathyroidism
+    Condition("hypercalcaemia", "stay", .018, age=.2, female=.3, parents={"ckd": .7}),
     Condition("hyponatraemia", "stay", .035, age=.3, parents={"heart_failure": .8, "pneumonia": .5, "depression": .3}),
     Condition("anaemia", "stay", .08, age=.3, female=.5, persist=2.5,
               parents={"ckd": 1.4, "sepsis": .5, "heart_failure": .4}),
@@ -70,7 +75,8 @@ CONDITIONS = [
 COND_BY_NAME = {c.name: c for c in CONDITIONS}
 CONDITION_NAMES = [c.name for c in CONDITIONS]
 # at most one member of a group per stay (first present wins, in this order)
-EXCLUSIVE = [("stemi_anterior", "stemi_inferior", "stemi_lateral", "nstemi"), ("hyperkalaemia", "hypokalaemia")]
+EXCLUSIVE = [("stemi_anterior", "stemi_inferior", "stemi_lateral", "nstemi"), ("hyperkalaemia", "hypokalaemia"),
+             ("hypocalcaemia", "hypercalcaemia")]
 
 # %% ../../nbs/01a_synth_clinical.ipynb #4d5ee5d4
 def _logit(p: float) -> float: return math.log(p / (1 - p))
@@ -175,6 +181,7 @@ def true_labs(states: dict, female: np.ndarray, rng: np.random.Generator) -> pd.
     v["potassium"] = np.where(states["hyperkalaemia"] == 1, np.maximum(v["potassium"], 5.3), v["potassium"])
     v["potassium"] = np.where(states["hypokalaemia"] == 1, np.minimum(v["potassium"], 3.25), v["potassium"])
     v["calcium,_total"] = np.where(states["hypocalcaemia"] == 1, np.minimum(v["calcium,_total"], 8.3), v["calcium,_total"])
+    v["calcium,_total"] = np.where(states["hypercalcaemia"] == 1, np.maximum(v["calcium,_total"], 10.4), v["calcium,_total"])
     v["hemoglobin"] = np.where(states["anaemia"] == 1, np.minimum(v["hemoglobin"], 12.0), v["hemoglobin"])
     _derive(v, rng, n)
     return pd.DataFrame({s: within_limits(s, v[s]) for s in LAB_MODEL})
@@ -225,7 +232,7 @@ COMPLAINT_SYMPTOM = {"Chest pain": "chest pain", "Dyspnea": "dyspnea", "Syncope"
                      "Dizziness": "dizziness", "Fever": "fever", "Headache": "headache", "Weakness": "weakness",
                      "Palpitations": "palpitations"}
 # (conditions, complaint, probability): later rules win
-COMPLAINT_RULES = [(("anaemia", "hyperkalaemia", "hypokalaemia", "aki"), "Weakness", .4),
+COMPLAINT_RULES = [(("anaemia", "hyperkalaemia", "hypokalaemia", "hypercalcaemia", "aki"), "Weakness", .4),
                    (("heart_failure", "copd", "pneumonia"), "Dyspnea", .5), (("af",), "Palpitations", .4),
                    (("sepsis",), "Fever", .6), (("stemi_anterior", "stemi_inferior", "stemi_lateral", "nstemi"), "Chest pain", .85)]
 
@@ -261,7 +268,7 @@ def sample_stays(patients: pd.DataFrame, rng: np.random.Generator) -> pd.DataFra
     for c in ACUTE: stays[c] = states[c]
     stemi = stays[["stemi_anterior", "stemi_inferior", "stemi_lateral"]].any(axis=1).to_numpy()
     severe = stemi | (stays["nstemi"] == 1).to_numpy() | (stays["sepsis"] == 1).to_numpy()
-    moderate = stays[["aki", "hyperkalaemia", "pneumonia", "af", "hypocalcaemia", "hyponatraemia", "anaemia"]].any(axis=1).to_numpy()
+    moderate = stays[["aki", "hyperkalaemia", "pneumonia", "af", "hypocalcaemia", "hypercalcaemia", "hyponatraemia", "anaemia"]].any(axis=1).to_numpy()
     z = -1.0 + 3.2 * severe + 1.0 * moderate + .025 * (stays["age"].to_numpy() - 60) + .5 * stays["ckd"].to_numpy()
     admitted = rng.random(n) < 1 / (1 + np.exp(-z))
     stays["stay_id"] = _ids(rng, n, 30_000_000)
@@ -338,6 +345,15 @@ def sample_ecgs(stays: pd.DataFrame, patients: pd.DataFrame, rng: np.random.Gene
 # "> 99 %" (Fleet et al. 2012, hyperkalaemia), the only other published figure
 SPURIOUS_RATE = .004
 FALSE_CODING = {r["condition"]: float(r["p_false"]) if r["p_false"] else SPURIOUS_RATE for r in read_table("coding")}
+# ED diagnoses: the leading acute code with this probability (else the symptom), the symptom beside it, one chronic code
+ED_ACUTE_FIRST, ED_SYMPTOM_TOO, ED_CHRONIC = .8, .35, .3
+
+def coding_options(name: str, present: bool, states: dict) -> list[tuple[str, str, float]]:
+    "The (icd10, icd9, weight) codes a coded condition is written as: its own, or the combination code a comorbidity makes it."
+    if present:
+        for (cond, other), combo in COMBINATION_CODES.items():
+            if cond == name and states[other]: return [(*combo, 1.0)]
+    return ICD_CODES[name][1]
 
 def _pick(opts, rng) -> tuple:
     w = np.array([o[2] for o in opts], float)
@@ -348,23 +364,75 @@ def stay_codes(states: dict, rng) -> list[tuple[str, str, str]]:
     "Hospital codes (icd10, icd9, source condition or 'noise') of one stay from its 0/1 conditions."
     codes = []
     for name in ACUTE + CHRONIC:
-        p_code, opts = ICD_CODES[name]
         present = bool(states[name])
-        if rng.random() >= (p_code if present else FALSE_CODING[name]): continue
-        code = _pick(opts, rng)
-        for (cond, other), combo in COMBINATION_CODES.items():
-            if cond == name and present and states[other]: code = combo; break
-        codes.append((*code, name))
+        if rng.random() >= (ICD_CODES[name][0] if present else FALSE_CODING[name]): continue
+        codes.append((*_pick(coding_options(name, present, states), rng), name))
         codes += [(c10, c9, name) for c10, c9, p in EXTRA_CODES.get(name, []) if present and rng.random() < p]
     codes += [(c10, c9, "noise") for c10, c9, p in NOISE_CODES if rng.random() < p]
     return list({c[0]: c for c in codes}.values())
 
+def symptom_code(complaint: str) -> tuple[str, str]:
+    "The (icd10, icd9) symptom code an ED writes for a chief complaint (weakness where none fits)."
+    return SYMPTOM_CODES.get(COMPLAINT_SYMPTOM.get(complaint, ""), SYMPTOM_CODES["weakness"])
+
 def ed_codes(complaint: str, hosp: list, rng) -> list[tuple[str, str, str]]:
     "ED diagnosis codes: the leading acute problem (else the presenting symptom), plus up to two more."
     acute = [c for c in hosp if c[2] in ACUTE]
-    symptom = (*SYMPTOM_CODES.get(COMPLAINT_SYMPTOM.get(complaint, ""), SYMPTOM_CODES["weakness"]), "symptom")
-    out = [acute[0]] if acute and rng.random() < .8 else [symptom]
-    if out[0] != symptom and rng.random() < .35: out.append(symptom)
+    symptom = (*symptom_code(complaint), "symptom")
+    out = [acute[0]] if acute and rng.random() < ED_ACUTE_FIRST else [symptom]
+    if out[0] != symptom and rng.random() < ED_SYMPTOM_TOO: out.append(symptom)
     chronic = [c for c in hosp if c[2] in CHRONIC]
-    if chronic and rng.random() < .3: out.append(chronic[rng.integers(len(chronic))])
+    if chronic and rng.random() < ED_CHRONIC: out.append(chronic[rng.integers(len(chronic))])
     return out[:3]
+
+# %% ../../nbs/01a_synth_clinical.ipynb #1588cbcc
+def coding_codes() -> list[tuple[str, str]]:
+    "Every (icd10, icd9) pair the coding model can write."
+    opts = [o[:2] for _, os in ICD_CODES.values() for o in os] + list(COMBINATION_CODES.values())
+    opts += [e[:2] for es in EXTRA_CODES.values() for e in es] + [n[:2] for n in NOISE_CODES] + list(SYMPTOM_CODES.values())
+    return list(dict.fromkeys(opts))
+
+def _sources(states: dict, hit) -> list[tuple[str, float, np.ndarray, list]]:
+    "Per condition: (name, P(coded), P(its written code hits) per label, [(P(extra), hits)])."
+    out = []
+    for name in ACUTE + CHRONIC:
+        present = bool(states[name])
+        opts = coding_options(name, present, states)
+        w = np.array([o[2] for o in opts], float)
+        out.append((name, ICD_CODES[name][0] if present else FALSE_CODING[name], sum(wi * hit(o) for wi, o in zip(w / w.sum(), opts)),
+                    [(p, hit((c10, c9))) for c10, c9, p in EXTRA_CODES.get(name, [])] if present else []))
+    return out
+
+def _chronic_pick(src: list) -> np.ndarray:
+    "P(the uniformly picked chronic code hits) per label, given a chronic code is picked at all: E[|C ∩ L| / |C|]."
+    outcomes = []          # per chronic source: [(probability, codes written, hits)] over its outcomes
+    for name, q, pi, ex in src:
+        o = [(1 - q, 0, 0.0)]
+        for mask in range(1 << len(ex)):       # which extras come with the primary code
+            pe = np.prod([p if mask >> j & 1 else 1 - p for j, (p, _) in enumerate(ex)])
+            o.append((q * pe, 1 + bin(mask).count("1"), pi + sum(h for j, (_, h) in enumerate(ex) if mask >> j & 1)))
+        outcomes.append(o)
+    size = [np.bincount([n for _, n, _ in o], weights=[p for p, _, _ in o]) for o in outcomes]
+    total = 0.0
+    for i, o in enumerate(outcomes):
+        rest = np.array([1.0])
+        for j, s in enumerate(size):
+            if j != i: rest = np.convolve(rest, s)
+        total = total + sum(p * h * (rest / (n + np.arange(len(rest)))).sum() for p, n, h in o if n)
+    return total
+
+def code_probabilities(states: dict, admitted: bool, complaint: str, hit) -> np.ndarray:
+    """Exact P(label coded | conditions, admission, complaint) for every label at once: the closed form of `stay_codes`
+    (admitted stays) and `ed_codes` (the others). `hit((icd10, icd9))` → which labels (bool, K) a written code sets, in
+    the stay's ICD version. Exact while no two sources write the same code (tested on the tables)."""
+    src = _sources(states, hit)
+    if admitted:
+        miss = 1.0
+        for _, q, pi, ex in src: miss = miss * (1 - q * (1 - (1 - pi) * np.prod([1 - p * h for p, h in ex], axis=0)))
+        for c10, c9, p in NOISE_CODES: miss = miss * (1 - p * hit((c10, c9)))
+        return 1 - miss
+    s, none_yet, lead_misses = hit(symptom_code(complaint)), 1.0, 0.0
+    for name, q, pi, _ in src:                 # the leading acute code: the first acute condition that is coded
+        if name in ACUTE: lead_misses, none_yet = lead_misses + none_yet * q * (1 - pi), none_yet * (1 - q)
+    miss = (none_yet + (1 - none_yet) * (1 - ED_ACUTE_FIRST)) * (1 - s) + ED_ACUTE_FIRST * lead_misses * (1 - ED_SYMPTOM_TOO * s)
+    return 1 - miss * (1 - ED_CHRONIC * _chronic_pick([x for x in src if x[0] in CHRONIC]))

@@ -11,7 +11,7 @@ import pandas as pd
 from ..core import code_hash, get_logger, record_path
 from .clinical import CONDITION_NAMES, sample_ecgs, sample_patients, sample_stays, sample_vitals, true_labs
 from .ecg import ecg_params
-from .tables import (_diagnosis_tables, _dt, _labevents_table, admissions_table, d_labitems_table,
+from .tables import (_dt, _labevents_table, admissions_table, d_labitems_table, diagnosis_tables,
                                     edstays_table, machine_measurements_table, omr_table, patients_table, triage_table,
                                     vitalsign_table, write_csv)
 from .records import FAULT_KINDS, _ecg_tasks, _stay_states, run_records
@@ -41,7 +41,7 @@ def _synthesize_into(root: Path, n_patients, seed, coupling, faulty_rate, n_jobs
     # the ED monitors see the true rate: coupling acts on the ECG alone, so hosp/ and ed/ never depend on it
     hr = np.array([ecg_params({**s, "coupling": 1.0})["hr"] for s in stay_states])
     admissions = admissions_table(stays, patients, rng)
-    diagnoses, ed_diagnosis = _diagnosis_tables(stays, rng)
+    diagnoses, ed_diagnosis = diagnosis_tables(stays, rng)
     labevents = _labevents_table(stays, labs, rng)
     tables = {"hosp/patients": patients_table(patients, admissions, rng), "hosp/admissions": admissions,
               "hosp/diagnoses_icd": diagnoses, "hosp/d_labitems": d_labitems_table(), "hosp/labevents": labevents,

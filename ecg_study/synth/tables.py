@@ -14,9 +14,9 @@ from .clinical import (CONDITION_NAMES, ICD_TITLES, LAB_MODEL, _YEAR_S, _choice,
 from .ecg import MM_COLUMNS
 
 # %% auto #0
-__all__ = ['EXTRA_ITEMS', 'PANELS', 'OLD_RANGES', 'FEMALE_RANGES', 'TROPONIN_COMMENT', 'LABEVENT_COLUMNS', 'lab_rows',
-           'admissions_table', 'patients_table', 'edstays_table', 'triage_table', 'vitalsign_table', 'omr_table',
-           'd_labitems_table', 'machine_measurements_table', 'write_csv']
+__all__ = ['EXTRA_ITEMS', 'PANELS', 'OLD_RANGES', 'FEMALE_RANGES', 'TROPONIN_COMMENT', 'LABEVENT_COLUMNS', 'CODING_CONTEXT',
+           'lab_rows', 'admissions_table', 'patients_table', 'edstays_table', 'triage_table', 'vitalsign_table',
+           'omr_table', 'd_labitems_table', 'machine_measurements_table', 'write_csv', 'diagnosis_tables']
 
 # %% ../../nbs/01d_synth_tables.ipynb #c4486413
 EXTRA_ITEMS = {50868: ("Anion Gap", "Blood", "Chemistry"), 51250: ("MCV", "Blood", "Hematology"),
@@ -263,11 +263,14 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     with open(path, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=6) as gz:
         gz.write(data)
 
-def _diagnosis_tables(stays: pd.DataFrame, rng) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "hosp/diagnoses_icd (admitted stays) and ed/diagnosis (all stays)."
+# what a stay's codes depend on besides its conditions (and admission: hadm_id); truth/stays.csv keeps them for the oracle
+CODING_CONTEXT = ["icd9", "chiefcomplaint"]
+
+def diagnosis_tables(stays: pd.DataFrame, rng) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "hosp/diagnoses_icd (admitted stays) and ed/diagnosis (all stays), drawn from each stay's conditions and `CODING_CONTEXT`."
     hosp, ed = [], []
     cond = stays[CONDITION_NAMES].to_numpy()
-    for i, s in enumerate(stays[["subject_id", "hadm_id", "stay_id", "icd9", "chiefcomplaint"]].itertuples(index=False)):
+    for i, s in enumerate(stays[["subject_id", "hadm_id", "stay_id", *CODING_CONTEXT]].itertuples(index=False)):
         codes = stay_codes(dict(zip(CONDITION_NAMES, cond[i])), rng)
         ver = 9 if s.icd9 else 10
         pick = (lambda c: c[1]) if s.icd9 else (lambda c: c[0])

@@ -14,7 +14,7 @@ from .clinical import (COMBINATION_CODES, CONDITIONS, CONDITION_NAMES, EXTRA_COD
                                       LAB_MODEL, NOISE_CODES, SYMPTOM_CODES, ecg_state, sample_patients, sample_stays,
                                       sample_vitals, true_labs)
 from .ecg import ecg_params
-from .tables import _dt, write_csv
+from .tables import CODING_CONTEXT, _dt, write_csv
 
 # %% auto #0
 __all__ = ['PATHS', 'ECG_SIGNS', 'LAB_ECG', 'VITAL_ECG', 'VITAL_EFFECTS', 'visibility_paths', 'condition_visibility',
@@ -178,7 +178,7 @@ def ecg_visibility() -> dict:
 # %% ../../nbs/01f_synth_truth.ipynb #35c8a6e9
 def _write_truth(root: Path, stays, ecgs, tasks, results, params) -> None:
     t = root / "truth"; t.mkdir(parents=True, exist_ok=True)
-    write_csv(stays[["stay_id", "subject_id", "hadm_id"] + CONDITION_NAMES], t / "stays.csv")
+    write_csv(stays[["stay_id", "subject_id", "hadm_id", *CODING_CONTEXT, *CONDITION_NAMES]].astype({"icd9": int}), t / "stays.csv")
     res = pd.DataFrame(results).drop(columns="report")
     ecg_truth = pd.DataFrame({"study_id": ecgs["study_id"], "subject_id": ecgs["subject_id"],
                               "stay_id": pd.array(np.where(ecgs["stay_idx"] >= 0, stays["stay_id"].to_numpy()[ecgs["stay_idx"]], 0), dtype="Int64"),
