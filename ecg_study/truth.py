@@ -63,6 +63,9 @@ def latent_oracle(cohort: pd.DataFrame, stays: pd.DataFrame, labels: list[str]) 
     from ecg_study.synth.clinical import CONDITION_NAMES, code_probabilities
     from ecg_study.synth.tables import CODING_CONTEXT
     keys = ["admitted", *CODING_CONTEXT, *CONDITION_NAMES]
+    lacking = [k for k in keys[1:] if k not in stays.columns]
+    if lacking: raise ValueError(f"truth/stays.csv has no column {lacking[0]!r} (and {len(lacking) - 1} more): "
+                                 "written by an older simulator; generate the cohort again")
     m = cohort[["stay_id"]].merge(stays.assign(admitted=stays["hadm_id"].notna()), on="stay_id", how="left")
     if m["icd9"].isna().any(): raise ValueError(f"{int(m['icd9'].isna().sum())} records have no stay in truth/stays.csv")
     hits, none = label_hits(labels), np.zeros(len(labels))

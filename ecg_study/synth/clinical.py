@@ -423,15 +423,18 @@ def _chronic_pick(src: list) -> np.ndarray:
 
 def code_probabilities(states: dict, admitted: bool, complaint: str, hit) -> np.ndarray:
     """Exact P(label coded | conditions, admission, complaint) for every label at once: the closed form of `stay_codes`
-    (admitted stays) and `ed_codes` (the others). `hit((icd10, icd9))` → which labels (bool, K) a written code sets, in
-    the stay's ICD version. Exact while no two sources write the same code (tested on the tables)."""
+    (admitted stays) and `ed_codes` (the others), under `prepare`'s rule that a stay's labels are its hospital codes,
+    or its ED codes where the hospital wrote none (`cohort.build_diagnoses`). `hit((icd10, icd9))` → which labels
+    (bool, K) a written code sets, in the stay's ICD version. Exact while no two sources write the same code (tested)."""
     src = _sources(states, hit)
+    s = hit(symptom_code(complaint))
     if admitted:
-        miss = 1.0
-        for _, q, pi, ex in src: miss = miss * (1 - q * (1 - (1 - pi) * np.prod([1 - p * h for p, h in ex], axis=0)))
-        for c10, c9, p in NOISE_CODES: miss = miss * (1 - p * hit((c10, c9)))
-        return 1 - miss
-    s, none_yet, lead_misses = hit(symptom_code(complaint)), 1.0, 0.0
+        miss, empty = 1.0, 1.0
+        for _, q, pi, ex in src:
+            miss, empty = miss * (1 - q * (1 - (1 - pi) * np.prod([1 - p * h for p, h in ex], axis=0))), empty * (1 - q)
+        for c10, c9, p in NOISE_CODES: miss, empty = miss * (1 - p * hit((c10, c9))), empty * (1 - p)
+        return 1 - miss + empty * s            # no hospital code at all: the ED's, which is then the symptom alone
+    none_yet, lead_misses = 1.0, 0.0
     for name, q, pi, _ in src:                 # the leading acute code: the first acute condition that is coded
         if name in ACUTE: lead_misses, none_yet = lead_misses + none_yet * q * (1 - pi), none_yet * (1 - q)
     miss = (none_yet + (1 - none_yet) * (1 - ED_ACUTE_FIRST)) * (1 - s) + ED_ACUTE_FIRST * lead_misses * (1 - ED_SYMPTOM_TOO * s)
