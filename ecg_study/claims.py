@@ -110,8 +110,9 @@ def seed_predictions(runs: list[tuple], patients: np.ndarray, name: str = "") ->
     """One model's Predictions from its runs [(seed, run_dir, split)]; `patients` is the prepared cohort's subject_id
     per row. Every seed must have scored the same records on the same labels, or the seeds are not paired."""
     from ecg_study.run_config import load_predictions
-    preds = {int(s): load_predictions(d, sp) for s, d, sp in runs}
-    if len(preds) < len(runs): raise ValueError(f"{name}: two runs share a seed")
+    seeds = [int(s) for s, _, _ in runs]
+    if len(set(seeds)) < len(seeds): raise ValueError(f"{name}: two runs share a seed; give one of them another `model` name")
+    preds = {s: load_predictions(d, sp) for s, (_, d, sp) in zip(seeds, runs)}
     ref = next(iter(preds.values()))
     for p in preds.values():
         if not (np.array_equal(p["study_ids"], ref["study_ids"]) and p["labels"] == ref["labels"]):

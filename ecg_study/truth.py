@@ -70,9 +70,9 @@ def latent_oracle(cohort: pd.DataFrame, stays: pd.DataFrame, labels: list[str]) 
     if m["icd9"].isna().any(): raise ValueError(f"{int(m['icd9'].isna().sum())} records have no stay in truth/stays.csv")
     hits, none = label_hits(labels), np.zeros(len(labels))
     patterns = m[keys].drop_duplicates().reset_index(drop=True)
-    P = np.stack([code_probabilities(dict(zip(keys, r)), bool(r[0]), r[2],
-                                     lambda c, v=9 if r[1] else 10: hits[v].get(c[v == 9], none))
-                  for r in patterns.itertuples(index=False)])
+    P = np.stack([code_probabilities(s, bool(s["admitted"]), s["chiefcomplaint"],
+                                     lambda c, v=9 if s["icd9"] else 10: hits[v].get(c[v == 9], none))
+                  for s in patterns.to_dict("records")])
     return P[m[keys].merge(patterns.reset_index(), on=keys, how="left")["index"].to_numpy()]
 
 def oracle_scores(X: np.ndarray, y: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]], C: float = 1.0) -> np.ndarray:
