@@ -88,8 +88,9 @@ def _morphology(p: dict, rng) -> dict:
     axis = (rng.normal(E["axis_mean"] + E["axis_age"] * (p["age"] - 55), E["axis_sd"]) + E["axis_lvh"] * p["lvh"]
             + E["axis_lbbb"] * p["lbbb"])
     # R_AMP, T amplitude and tilt: matched to PTB-XL normals by the realism report (17_realism). One T dipole cannot
-    # match the real T in both I and V5 (V5/I: 1.5 real, ≈ 2.5 here): T in I sits just above the real Q1, T in V5 near Q3
-    return dict(axis=math.radians(axis), r_amp=R_AMP * rng.uniform(1.0, 1.6), t_amp=rng.uniform(.26, .437),
+    # match the real T in both I and V5 (V5/I: 1.5 real, ≈ 2.35 here), which leaves the T scale a narrow window: T in
+    # I sits ≈ 4 % above the real Q1, T in V5 ≈ 3 % below its Q3 (the run's normals regenerated at each scale)
+    return dict(axis=math.radians(axis), r_amp=R_AMP * rng.uniform(1.0, 1.6), t_amp=rng.uniform(.244, .411),
                 p_amp=rng.uniform(.10, .17), pr_jit=rng.normal(0, 12), qrs_jit=rng.normal(0, 5),
                 qt_jit=rng.normal(0, 12), t_tilt=rng.normal(.55, .25), transition=rng.normal(0, .15))
 
