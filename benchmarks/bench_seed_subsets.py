@@ -3,7 +3,8 @@
 Usage (after a `make study`, whose stored test predictions it reads; it trains nothing):
   .venv/bin/python benchmarks/bench_seed_subsets.py [--plan-dir reports/quick] [--claims C1 C4 C5]
       [--seeds-from PLAN.toml] [--target C1=0.01 --target C4=0.04 --target C5=0.04] [--min-seeds 3] [--n-boot 400]
-      [--json out.json]
+      [--json out.json] [--project 8 10]
+  .venv/bin/python benchmarks/bench_seed_subsets.py --from-claims reports/quick/claims.csv --project 8 10   (instant)
 
 What it does: loads the diagnosis test predictions of the runs the claims read (the seeds each run has in
 `--seeds-from`, by default the plan dir's copy `plan.toml` of the plan that wrote them), draws the patient-clustered resamples once, and scores each claim as the evaluate stage does
@@ -11,7 +12,9 @@ What it does: loads the diagnosis test predictions of the runs the claims read (
 every combination of n of its shared seeds, n from `--min-seeds` to all. Prints per claim and n the number of
 subsets, the median, 10th and 90th percentile and maximum MDE, the share of subsets above the target, and the
 range of the estimate. The plan's seed counts are chosen from this table: the smallest n whose every subset meets
-the target.
+the target. Where even all the stored seeds miss it, `--project` gives the MDE at more seeds, assuming the seeds
+spread as the stored ones do and the patient SE stays (the all-seeds evaluation, or a study's `claims.csv` with
+`--from-claims`, which reads no predictions).
 """
 import argparse, itertools, json, sys, tomllib
 from pathlib import Path
@@ -21,7 +24,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ecg_study import truth  # noqa: E402
-from ecg_study.claims import Claim, ClaimEvaluator, Predictions, evaluate_claim, seed_predictions  # noqa: E402
+from ecg_study.claims import Claim, ClaimEvaluator, Predictions, evaluate_claim, mde, seed_predictions  # noqa: E402
 from ecg_study.datasets import load_prepared  # noqa: E402
 from ecg_study.plans import load_plan, run_seeds  # noqa: E402
 from ecg_study.study import stage_runs  # noqa: E402
@@ -40,6 +43,21 @@ def load(plan_dir: Path, claims: list[Claim], seeds_of: dict) -> tuple[dict, dic
     return out, vis
 
 
+def projected_mde(res, n: int) -> float:
+    """MDE of a claim at n seeds from its all-seeds result `res` (se_patients, se_seeds, n_seeds): the seed variance
+    scaled to n, the patient SE kept, and the interval's t with Satterthwaite's df as `claims.summarise` has them."""
+    v_s = res["se_seeds"] ** 2 * res["n_seeds"] / n
+    se = np.sqrt(res["se_patients"] ** 2 + v_s)
+    return mde(se, se ** 4 / (v_s ** 2 / (n - 1)))
+
+
+def projections(full: dict, ns: list[int], targets: dict) -> pd.DataFrame:
+    "Per claim (id → all-seeds result) and n: the projected MDE and whether it meets the target."
+    return pd.DataFrame([dict(claim=c, n_seeds=n, seed_sd=r["se_seeds"] * np.sqrt(r["n_seeds"]), se_patients=r["se_patients"],
+                              projected_mde=projected_mde(r, n), meets_target=projected_mde(r, n) <= float(targets[c]))
+                         for c, r in full.items() for n in ns])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plan", default="quick")
@@ -50,9 +68,15 @@ def main():
     ap.add_argument("--min-seeds", type=int, default=3)
     ap.add_argument("--n-boot", type=int, default=400)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--project", nargs="+", type=int, default=[], help="seed counts to project the MDE to")
+    ap.add_argument("--from-claims", type=Path, help="a study's claims.csv: project from it, score no subsets")
     a = ap.parse_args()
-    spec = load_plan(a.plan)
     targets = dict(t.split("=") for t in a.target)
+    if a.from_claims:
+        full = pd.read_csv(a.from_claims).set_index("claim").loc[a.claims].to_dict("index")
+        print(projections(full, a.project, targets).round(4).to_string(index=False))
+        return
+    spec = load_plan(a.plan)
     claims = [Claim.from_dict(d) for d in spec["claims"] if d["id"] in a.claims]
     # the seeds of each run as the plan that wrote the predictions lists them (its copy in the plan dir)
     copy = a.seeds_from or a.plan_dir / "plan.toml"
@@ -61,7 +85,7 @@ def main():
     preds, vis = load(a.plan_dir, claims, seeds_of)
     ev = ClaimEvaluator(preds, truth.label_visibility(next(iter(preds.values())).labels, vis), None, a.n_boot, 0)
     ev.prefetch(2)
-    rows = []
+    rows, full = [], {}
     for c in claims:
         shared = sorted(set.intersection(*(set(preds[k].scores) for k in c.models())))
         for n in range(a.min_seeds, len(shared) + 1):
@@ -71,6 +95,7 @@ def main():
                 ev.preds = {k: Predictions(p.labels, p.y, {x: p.scores[x] for x in s if x in p.scores}, p.groups, p.study_ids)
                             for k, p in preds.items()}
                 res.append(evaluate_claim(c, ev))
+            if n == len(shared): full[c.id] = res[0]
             m, e = np.array([r["mde"] for r in res]), np.array([r["estimate"] for r in res])
             rows.append(dict(claim=c.id, n_seeds=n, subsets=len(res), mde_median=np.median(m), mde_q10=np.quantile(m, .1),
                              mde_q90=np.quantile(m, .9), mde_max=m.max(), share_above_target=float((m > float(targets[c.id])).mean()),
@@ -78,6 +103,7 @@ def main():
     df = pd.DataFrame(rows)
     print(df.round(4).to_string(index=False))
     if a.json: a.json.write_text(df.to_json(orient="records", indent=1))
+    if a.project: print(projections(full, a.project, targets).round(4).to_string(index=False))
 
 
 if __name__ == "__main__":
