@@ -31,7 +31,7 @@ from ecg_study.datamodule import PreparedDataModule  # noqa: E402
 from ecg_study.datasets import LAB_PREFIX, label_matrix, load_prepared, split_indices  # noqa: E402
 from ecg_study.metrics import fast_auroc  # noqa: E402
 from ecg_study.plans import load_plan  # noqa: E402
-from ecg_study.run_config import TrainConfig, load_predictions, part_path  # noqa: E402
+from ecg_study.run_config import TrainConfig, load_predictions  # noqa: E402
 from ecg_study.stage_modules import DiagnosisModule  # noqa: E402
 from ecg_study.study import stage_runs  # noqa: E402
 from ecg_study.training import _supervised  # noqa: E402
@@ -76,24 +76,18 @@ def table(a, data_dir: str, plan_dir: Path):
     rows["ECG reader (noise-free states)"] = aurocs(y[test], reader[test], labels)
 
     def scored(pred, name):
-        "The prediction's scores for `labels` on the part's test rows (NaN where it has no such label)."
-        s = np.full((len(test), len(labels)), np.nan)
+        "The prediction's scores for `labels` on the part's test rows (NaN for a label it does not have)."
         at = pd.Series(np.arange(len(pred["rows"])), index=pred["rows"]).reindex(test)
-        for k, l in enumerate(labels):
-            if l in pred["labels"]:
-                s[at.notna().to_numpy(), k] = pred["y_score"][at.dropna().astype(int).to_numpy(), pred["labels"].index(l)]
         if at.isna().any(): raise ValueError(f"{name}: {int(at.isna().sum())} test records of part {a.part} not scored")
-        return s
+        idx = at.to_numpy(int)
+        return np.stack([pred["y_score"][idx, pred["labels"].index(l)] if l in pred["labels"] else np.full(len(test), np.nan)
+                         for l in labels], 1)
     for d in sorted(plan_dir.glob("method_s*_lab")):
         rows[f"method lab head, {d.name}"] = aurocs(y[test], scored(load_predictions(d, "test"), d.name), labels)
     for n in a.names:
-        d = a.out / n
-        pred = load_predictions(part_path(d, a.part) if (part_path(d, a.part)).exists() else d, "test")
-        rows[f"supervised on labs, {n}"] = aurocs(y[test], scored(pred, n), labels)
+        rows[f"supervised on labs, {n}"] = aurocs(y[test], scored(load_predictions(a.out / n, "test"), n), labels)
+    rows["positives in test"] = {l: int(np.nansum(y[test, k])) for k, l in enumerate(labels)}
     df = pd.DataFrame(rows).T.rename(columns=lambda l: l.removeprefix(LAB_PREFIX))
-    df["positives in test"] = np.nan
-    pos = {l.removeprefix(LAB_PREFIX): int(np.nansum(y[test, k])) for k, l in enumerate(labels)}
-    df = pd.concat([df.drop(columns="positives in test"), pd.DataFrame([pos], index=["positives in test"])])
     print(df.round(3).to_string())
     if a.json: a.json.write_text(df.to_json(orient="index", indent=1))
 
