@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 from ecg_study import truth  # noqa: E402
 from ecg_study.datamodule import PreparedDataModule  # noqa: E402
 from ecg_study.datasets import LAB_PREFIX, label_matrix, load_prepared, split_indices  # noqa: E402
-from ecg_study.metrics import fast_auroc  # noqa: E402
-from ecg_study.plans import load_plan  # noqa: E402
-from ecg_study.run_config import TrainConfig, load_predictions  # noqa: E402
+from ecg_study.metrics import per_label_auroc  # noqa: E402
+from ecg_study.plans import stage_config  # noqa: E402
+from ecg_study.run_config import load_predictions  # noqa: E402
 from ecg_study.stage_modules import DiagnosisModule  # noqa: E402
 from ecg_study.study import stage_runs  # noqa: E402
 from ecg_study.training import _supervised  # noqa: E402
@@ -39,29 +39,19 @@ from ecg_study.training import _supervised  # noqa: E402
 TIED = ["calcium,_total_high", "calcium,_total_low", "potassium_high", "potassium_low", "hemoglobin_low"]
 
 
-def config(sets: list[str], part: int, seed: int) -> TrainConfig:
-    "The plan's [defaults] with `key=value` overrides (values read as JSON), for one part and seed, on one thread."
-    base = {k: v for k, v in load_plan("quick")["defaults"].items() if k != "seeds"}
-    over = {k: json.loads(v) for k, v in (s.split("=", 1) for s in sets)}
-    return TrainConfig.from_dict(base | over | {"part": part, "seed": seed, "freeze_depth": 0, "num_threads": 1,
-                                                   "enable_progress_bar": False})
-
-
 def fit(a, data_dir: str):
     torch.set_num_threads(1)
-    cfg = config(a.set, a.part, a.seed)
+    # the plan's [defaults] with the `--set` overrides (JSON values), checked as a stage checks them; one thread
+    over = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+    cfg = stage_config(over | {"part": a.part, "freeze_depth": 0}, a.seed, 1, data_dir, "quick")
     out = _supervised(lambda dm: DiagnosisModule.build(cfg, dm.n_labels, None, 0),
                       PreparedDataModule(data_dir, cfg, LAB_PREFIX), a.out / a.name, cfg, "lab_from_scratch")
     print(json.dumps({k: out[k] for k in ("epoch_kept", "epochs", "seconds") if k in out}))
 
 
 def aurocs(y: np.ndarray, s: np.ndarray, labels: list[str]) -> dict:
-    "Per label AUROC on the rows where the label is known."
-    res = {}
-    for k, l in enumerate(labels):
-        m = ~np.isnan(y[:, k]) & ~np.isnan(s[:, k])
-        res[l] = fast_auroc(y[m, k], s[m, k]) if 0 < y[m, k].sum() < m.sum() else np.nan
-    return res
+    "Per label AUROC (masked rows ignored)."
+    return dict(zip(labels, per_label_auroc(y, s, labels)["auroc"]))
 
 
 def table(a, data_dir: str, plan_dir: Path):
@@ -76,12 +66,12 @@ def table(a, data_dir: str, plan_dir: Path):
     rows["ECG reader (noise-free states)"] = aurocs(y[test], reader[test], labels)
 
     def scored(pred, name):
-        "The prediction's scores for `labels` on the part's test rows (NaN for a label it does not have)."
+        "The prediction's scores for `labels` on the part's test rows."
         at = pd.Series(np.arange(len(pred["rows"])), index=pred["rows"]).reindex(test)
         if at.isna().any(): raise ValueError(f"{name}: {int(at.isna().sum())} test records of part {a.part} not scored")
-        idx = at.to_numpy(int)
-        return np.stack([pred["y_score"][idx, pred["labels"].index(l)] if l in pred["labels"] else np.full(len(test), np.nan)
-                         for l in labels], 1)
+        lacking = [l for l in labels if l not in pred["labels"]]
+        if lacking: raise ValueError(f"{name}: no {', '.join(lacking)} predictions")
+        return pred["y_score"][np.ix_(at.to_numpy(int), [pred["labels"].index(l) for l in labels])]
     for d in sorted(plan_dir.glob("method_s*_lab")):
         rows[f"method lab head, {d.name}"] = aurocs(y[test], scored(load_predictions(d, "test"), d.name), labels)
     for n in a.names:

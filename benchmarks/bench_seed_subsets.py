@@ -24,7 +24,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from ecg_study import truth  # noqa: E402
-from ecg_study.claims import Claim, ClaimEvaluator, Predictions, evaluate_claim, mde, seed_predictions  # noqa: E402
+from ecg_study.claims import Claim, ClaimEvaluator, Predictions, evaluate_claim, mde, seed_predictions, total_se  # noqa: E402
 from ecg_study.datasets import load_prepared  # noqa: E402
 from ecg_study.plans import load_plan, run_seeds  # noqa: E402
 from ecg_study.study import stage_runs  # noqa: E402
@@ -45,10 +45,8 @@ def load(plan_dir: Path, claims: list[Claim], seeds_of: dict) -> tuple[dict, dic
 
 def projected_mde(res, n: int) -> float:
     """MDE of a claim at n seeds from its all-seeds result `res` (se_patients, se_seeds, n_seeds): the seed variance
-    scaled to n, the patient SE kept, and the interval's t with Satterthwaite's df as `claims.summarise` has them."""
-    v_s = res["se_seeds"] ** 2 * res["n_seeds"] / n
-    se = np.sqrt(res["se_patients"] ** 2 + v_s)
-    return mde(se, se ** 4 / (v_s ** 2 / (n - 1)))
+    scaled to n, the patient SE kept, combined as `claims.summarise` combines them (`claims.total_se`)."""
+    return mde(*total_se(res["se_patients"], res["se_seeds"] ** 2 * res["n_seeds"] / n, n))
 
 
 def projections(full: dict, ns: list[int], targets: dict) -> pd.DataFrame:

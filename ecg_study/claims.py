@@ -13,7 +13,7 @@ Z95, Z80 = 1.959964, 0.841621    # two-sided 5 % test, 80 % power
 
 # %% auto #0
 __all__ = ['Z95', 'Z80', 'KINDS', 'SUBSETS', 'Claim', 'verdict', 'mde', 'column_groups', 'distinct_columns', 'subset_mask',
-           'Predictions', 'seed_predictions', 'summarise', 'ClaimEvaluator', 'evaluate_claim']
+           'Predictions', 'seed_predictions', 'total_se', 'summarise', 'ClaimEvaluator', 'evaluate_claim']
 
 # %% ../nbs/18_claims.ipynb #37b606ad
 KINDS = ("level", "difference", "share", "contrast")
@@ -119,6 +119,12 @@ def seed_predictions(runs: list[tuple], patients: np.ndarray, name: str = "") ->
             raise ValueError(f"{name}: the seeds' predictions cover different records or labels")
     return Predictions(ref["labels"], ref["y_true"], {s: p["y_score"] for s, p in preds.items()}, patients[ref["rows"]], ref["study_ids"])
 
+def total_se(se_patients: float, v_seeds: float, n_seeds: int) -> tuple[float, float]:
+    """SE of an estimate from the patients' bootstrap SE and the seeds' variance of its mean, and Satterthwaite's df
+    (the bootstrap part counts as known); `benchmarks/bench_seed_subsets.py` projects MDEs to more seeds with it."""
+    se = float(np.sqrt(se_patients ** 2 + v_seeds))
+    return se, (np.inf if v_seeds == 0 else se ** 4 / (v_seeds ** 2 / (n_seeds - 1)))
+
 def summarise(estimate: float, boots: np.ndarray, per_seed: list[float], null: float = 0.0, direction: str = ">") -> dict:
     """Estimate, standard errors (patients, seeds, total), 95 % interval, MDE and verdict. The seed variance is
     estimated from few seeds, so the interval uses a t quantile with Satterthwaite's degrees of freedom (the
@@ -129,8 +135,7 @@ def summarise(estimate: float, boots: np.ndarray, per_seed: list[float], null: f
     se_p = float(np.std(boots, ddof=1)) if len(boots) > 1 else np.nan
     S = len(per_seed)
     v_s = float(np.var(per_seed, ddof=1) / S) if S > 1 else 0.0
-    se = float(np.sqrt(se_p ** 2 + v_s))
-    df = np.inf if v_s == 0 else (se ** 4) / (v_s ** 2 / (S - 1))
+    se, df = total_se(se_p, v_s, S)
     q = t.ppf(.975, df)
     lo, hi = estimate - q * se, estimate + q * se
     note = "one seed: training noise is not in the interval" if S < 2 else ""
