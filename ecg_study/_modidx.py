@@ -38,6 +38,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'ecg_study.claims.seed_predictions': ('claims.html#seed_predictions', 'ecg_study/claims.py'),
                                   'ecg_study.claims.subset_mask': ('claims.html#subset_mask', 'ecg_study/claims.py'),
                                   'ecg_study.claims.summarise': ('claims.html#summarise', 'ecg_study/claims.py'),
+                                  'ecg_study.claims.total_se': ('claims.html#total_se', 'ecg_study/claims.py'),
                                   'ecg_study.claims.verdict': ('claims.html#verdict', 'ecg_study/claims.py')},
             'ecg_study.cli': { 'ecg_study.cli._explain': ('cli.html#_explain', 'ecg_study/cli.py'),
                                'ecg_study.cli._json': ('cli.html#_json', 'ecg_study/cli.py'),
